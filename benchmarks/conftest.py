@@ -1,0 +1,137 @@
+"""Options and the leaderboard recorder shared by every benchmark suite.
+
+Every option has an environment variable twin (``--models`` / ``DINAT_BENCH_MODELS`` …) and a
+small CPU-friendly default, so the bare ``pytest benchmarks --benchmark-only`` finishes in
+minutes on a laptop-class CPU. Each measured row is appended to its CSV the moment it exists
+(see ``dinat_timm.results.writer``); a test that fails leaves a row with ``status=failed``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dinat_timm.results.environment import environment  # noqa: E402
+from dinat_timm.results.writer import append_rows  # noqa: E402
+
+OPTIONS = {
+    # name: (default, help)
+    "models": ("dinat_mini,nat_mini,dinat_tiny", "comma-separated timm model names"),
+    "reference-models": ("swin_tiny_patch4_window7_224", "timm models measured in the same run as yardsticks"),
+    "device": ("cpu", "cpu, cuda, cuda:1 …"),
+    "data-dir": ("", "ImageNet validation set (ImageFolder or anything timm.data.create_dataset reads); empty = generated tiny set"),
+    "split": ("validation", "split name for create_dataset"),
+    "batch-size": ("8", "batch size for throughput and memory"),
+    "eval-batch-size": ("32", "batch size for accuracy"),
+    "img-size": ("", "input size override (default: the model's pretrained cfg)"),
+    "dtypes": ("fp32", "comma list of fp32, bf16, fp16 (fp16/bf16 run under autocast on GPU)"),
+    "channels-last": ("0", "comma list of 0/1"),
+    "compile": ("0", "comma list of 0/1: torch.compile the model"),
+    "backends": ("auto", "comma list of attention backends for the models (auto, tiled, natten, natten_legacy, flex)"),
+    "op-backends": ("tiled,gather,natten,natten_legacy,flex", "backends timed by the operator suite"),
+    "op-batch-size": ("8", "batch size of the operator suite"),
+    "rounds": ("5", "timed rounds per benchmark"),
+    "warmup": ("2", "untimed warm-up rounds per benchmark"),
+    "max-samples": ("0", "stop accuracy after this many images (0 = all)"),
+    "results-dir": ("results", "where the CSV leaderboards go"),
+    "pretrained": ("auto", "1 = load published weights (needs them cached), 0 = random init, auto = 1 only with --data-dir"),
+}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("dinat-timm benchmarks")
+    for name, (default, help_text) in OPTIONS.items():
+        env = "DINAT_BENCH_" + name.upper().replace("-", "_")
+        group.addoption(f"--{name}", default=os.environ.get(env, default), help=f"{help_text} [env {env}; default {default!r}]")
+
+
+def opt(config, name) -> str:
+    return str(config.getoption(name.replace("-", "_")))
+
+
+def opt_list(config, name):
+    return [x.strip() for x in opt(config, name).split(",") if x.strip()]
+
+
+def opt_int_list(config, name):
+    return [int(x) for x in opt_list(config, name)]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "leaderboard(csv): the CSV (under --results-dir) a benchmark's rows go to")
+
+
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def median_seconds(fn, device: str, rounds: int, warmup: int) -> float:
+    """Median wall time of ``fn()``, synchronising the device around each call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def run_benchmark(benchmark, fn, device: str, config):
+    """pytest-benchmark's pedantic mode with a device sync inside the timed call."""
+
+    def timed():
+        fn()
+        sync(device)
+
+    rounds, warmup = int(opt(config, "rounds")), int(opt(config, "warmup"))
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    return benchmark.stats.stats.median
+
+
+@pytest.fixture
+def leaderboard(request):
+    """``record(csv_name, **columns)`` appends one row (plus the environment) right away.
+
+    Call ``leaderboard.context(csv_name, **columns)`` before measuring, so that a failure of the
+    test still leaves a row saying what was being measured and why it failed.
+    """
+    config = request.config
+    results_dir = Path(opt(config, "results-dir"))
+    device = opt(config, "device")
+
+    class Recorder:
+        def context(self, csv_name, **columns):
+            request.node._leaderboard = (results_dir / csv_name, dict(columns), device)
+
+        def record(self, csv_name, **columns):
+            row = {**columns, **environment(device)}
+            row.setdefault("status", "ok")
+            row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            append_rows(results_dir / csv_name, [row])
+            request.node._leaderboard_written = True
+            return row
+
+    return Recorder()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    ctx = getattr(item, "_leaderboard", None)
+    if report.when == "call" and report.failed and ctx is not None and not getattr(item, "_leaderboard_written", False):
+        path, columns, device = ctx
+        error = call.excinfo.exconly() if call.excinfo else "failed"
+        oom = "out of memory" in error.lower() or isinstance(getattr(call.excinfo, "value", None), MemoryError)
+        row = {**columns, **environment(device), "status": "oom" if oom else "failed", "error": error[:500]}
+        row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        append_rows(path, [row])

@@ -1,0 +1,74 @@
+"""Neighborhood attention operator speed at DiNAT-tiny's stage shapes (224²), per backend.
+
+The yardstick is Swin-style attention over non-overlapping 7×7 windows of the same tokens
+(``scaled_dot_product_attention``), timed in the same test so that the ratio in each row is
+immune to the machine's drift between tests.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import median_seconds, opt, opt_list, run_benchmark
+from dinat_timm.ops import neighborhood_attention_2d
+from dinat_timm.ops.chooser import why_not
+
+# (stage, map size, heads, dilations used by DiNAT-tiny in that stage); head dim 32
+STAGES = [(0, 56, 2, (1, 8)), (1, 28, 4, (1, 4)), (2, 14, 8, (1, 2)), (3, 7, 16, (1,))]
+SHAPES = [(s, n, h, d) for s, n, h, ds in STAGES for d in ds]
+CSV = "op_speed.csv"
+
+
+def windowed_attention(q, k, v, window=7):
+    b, h, height, width, dim = q.shape
+
+    def part(t):
+        t = t.view(b, h, height // window, window, width // window, window, dim)
+        return t.permute(0, 2, 4, 1, 3, 5, 6).reshape(-1, h, window * window, dim)
+
+    return F.scaled_dot_product_attention(part(q), part(k), part(v))
+
+
+def _step(fn, inputs, backward):
+    def run():
+        out = fn(*inputs)
+        if backward:
+            out.sum().backward()
+
+    return run
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"stage{s[0]}-{s[1]}x{s[1]}-h{s[2]}-d{s[3]}")
+@pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["tiled", "gather", "natten", "natten_legacy", "flex"])
+def test_op_speed(benchmark, leaderboard, request, backend, shape, mode):
+    config = request.config
+    if backend != "windowed_sdpa" and backend not in opt_list(config, "op-backends"):
+        pytest.skip(f"{backend} not in --op-backends")
+    stage, size, heads, dilation = shape
+    device = opt(config, "device")
+    batch = int(opt(config, "op-batch-size"))
+    backward = mode == "fwd_bwd"
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, size, size, 32, generator=gen).to(device).requires_grad_(backward) for _ in range(3))
+    rpb = torch.randn(heads, 13, 13, generator=gen).to(device).requires_grad_(backward)
+    columns = dict(
+        suite="op", backend=backend, mode=mode, stage=stage, map_size=size, heads=heads, head_dim=32,
+        kernel_size=7, dilation=dilation, batch=batch, dtype="fp32",
+    )
+    if backend == "windowed_sdpa":
+        fn = windowed_attention
+        inputs = (q, k, v)
+    else:
+        reason = why_not(backend, q, rpb, backward)
+        if reason:
+            pytest.skip(reason)
+        inputs = (q, k, v, 7, dilation, rpb, None, backend)
+        fn = neighborhood_attention_2d
+    leaderboard.context(CSV, **columns)
+    seconds = run_benchmark(benchmark, _step(fn, inputs, backward), device, config)
+    yardstick = median_seconds(
+        _step(windowed_attention, (q, k, v), backward), device, int(opt(config, "rounds")), int(opt(config, "warmup"))
+    )
+    benchmark.extra_info.update(columns)
+    benchmark.extra_info["ratio_vs_windowed"] = seconds / yardstick
+    leaderboard.record(CSV, **columns, median_ms=seconds * 1e3, windowed_ms=yardstick * 1e3, ratio_vs_windowed=seconds / yardstick)

@@ -1,0 +1,156 @@
+"""Backends against the reference gather on random shapes, in low precision, and bad input."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dinat_timm.ops import choose_backend, neighborhood_attention_2d
+from dinat_timm.ops.chooser import preference, why_not
+from dinat_timm.ops.geometry import neighborhood_1d
+
+
+@st.composite
+def problems(draw):
+    kernel_size = draw(st.sampled_from([3, 5, 7, 9]))
+    dilation = draw(st.integers(1, 4))
+    height = draw(st.integers(kernel_size * dilation, kernel_size * dilation + 12))
+    width = draw(st.integers(kernel_size * dilation, kernel_size * dilation + 12))
+    batch, heads, dim = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.sampled_from([4, 8, 16]))
+    with_rpb = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return batch, heads, height, width, dim, kernel_size, dilation, with_rpb, seed
+
+
+def _inputs(batch, heads, height, width, dim, kernel_size, with_rpb, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, height, width, dim, generator=g).to(dtype) for _ in range(3))
+    rpb = torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1, generator=g).to(dtype) if with_rpb else None
+    return q, k, v, rpb
+
+
+def _grads(backend, q, k, v, kernel_size, dilation, rpb):
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    rpb_leaf = None if rpb is None else rpb.clone().requires_grad_()
+    out = neighborhood_attention_2d(*leaves, kernel_size, dilation, rpb_leaf, backend=backend)
+    out.backward(torch.ones_like(out) * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype))
+    grads = [t.grad for t in leaves] + ([] if rpb is None else [rpb_leaf.grad])
+    return out.detach(), grads
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_tiled_matches_reference_forward_and_backward(problem):
+    batch, heads, height, width, dim, ks, dil, with_rpb, seed = problem
+    q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, with_rpb, seed)
+    ref_out, ref_grads = _grads("gather", q, k, v, ks, dil, rpb)
+    out, grads = _grads("tiled", q, k, v, ks, dil, rpb)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tile", [3, 4, 5, 8])
+@settings(max_examples=10, deadline=None)
+@given(problems())
+def test_tiled_is_exact_for_every_tile_size(tile, problem):
+    from dinat_timm.ops.backends import tiled
+
+    batch, heads, height, width, dim, ks, dil, with_rpb, seed = problem
+    q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, with_rpb, seed)
+    ref = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend="gather")
+    out = tiled.neighborhood_attention(q, k, v, ks, dil, rpb, dim**-0.5, tile=tile)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["flex", "natten"])
+@settings(max_examples=8, deadline=None)
+@given(problems())
+def test_other_backends_match_reference_forward(backend, problem):
+    batch, heads, height, width, dim, ks, dil, with_rpb, seed = problem
+    q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, with_rpb, seed)
+    reason = why_not(backend, q, rpb, needs_grad=False)
+    if reason:
+        pytest.skip(reason)
+    ref = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend="gather")
+    out = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend=backend)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("shape", [(2, 2, 14, 14, 32, 7, 1), (1, 4, 28, 28, 32, 7, 4), (1, 2, 17, 23, 16, 5, 3)])
+def test_low_precision_close_to_fp32_reference(dtype, atol, shape):
+    batch, heads, height, width, dim, ks, dil = shape
+    q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, True, 0)
+    ref = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend="gather")
+    q, k, v, rpb = (t.to(dtype) for t in (q, k, v, rpb))
+    out = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend="tiled")
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
+
+
+def test_neighborhood_semantics_by_hand():
+    """Clamped (shifted) windows on each dilation sub-grid, and the bias index Δ + k - 1."""
+    neighbors, bias = neighborhood_1d(9, 3, 2, None)
+    # sub-grid 0 = positions 0,2,4,6,8 ; sub-grid 1 = 1,3,5,7
+    assert neighbors[0].tolist() == [0, 2, 4]  # left border: shifted, not padded
+    assert neighbors[4].tolist() == [2, 4, 6]  # interior: centred
+    assert neighbors[8].tolist() == [4, 6, 8]  # right border
+    assert neighbors[7].tolist() == [3, 5, 7]  # shorter sub-grid clamps at its own end
+    assert bias[0].tolist() == [2, 3, 4] and bias[4].tolist() == [1, 2, 3] and bias[8].tolist() == [0, 1, 2]
+
+
+# -- the chooser ------------------------------------------------------------------------------------
+
+
+def test_auto_picks_tiled_on_cpu_in_every_mode():
+    q = torch.randn(1, 2, 14, 14, 8)
+    rpb = torch.randn(2, 13, 13)
+    assert choose_backend(q, rpb, needs_grad=True) == "tiled"
+    assert choose_backend(q, None, needs_grad=False) == "tiled"
+
+
+def test_cuda_preference_never_drops_the_bias():
+    order = preference("cuda")
+    assert order.index("natten") < order.index("natten_legacy") < order.index("tiled")
+    q = torch.randn(1, 2, 14, 14, 8)
+    assert "relative position bias" in why_not("natten", q, torch.zeros(2, 13, 13), needs_grad=False)
+    assert "gather" not in preference("cuda") and "gather" not in preference("cpu")
+    assert preference("cuda", compiling=True).index("flex") < preference("cuda", compiling=True).index("tiled")
+
+
+def test_cpu_flex_backward_is_refused_with_a_reason():
+    q = torch.randn(1, 1, 9, 9, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="no backward on CPU"):
+        neighborhood_attention_2d(q, q, q, 3, 1, backend="flex")
+
+
+def test_unknown_backend():
+    q = torch.randn(1, 1, 9, 9, 8)
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        neighborhood_attention_2d(q, q, q, 3, backend="cudnn")
+
+
+def test_natten_with_bias_is_refused_not_dropped():
+    q = torch.randn(1, 2, 14, 14, 8)
+    with pytest.raises(ValueError, match="relative position bias"):
+        neighborhood_attention_2d(q, q, q, 7, 1, torch.zeros(2, 13, 13), backend="natten")
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: (torch.randn(1, 14, 14, 8),) * 3 + (7, 1, None), "must be 5-D"),
+        (lambda: (torch.randn(1, 2, 14, 14, 8), torch.randn(1, 2, 14, 13, 8), torch.randn(1, 2, 14, 14, 8), 7, 1, None), "same shape"),
+        (lambda: (torch.randn(1, 2, 13, 14, 8),) * 3 + (7, 2, None), r"13x14 is smaller than kernel_size\*dilation"),
+        (lambda: (torch.randn(1, 2, 14, 14, 8),) * 3 + (6, 1, None), "odd integer"),
+        (lambda: (torch.randn(1, 2, 14, 14, 8),) * 3 + (7, 0, None), "dilation must be >= 1"),
+        (lambda: (torch.randn(1, 2, 14, 14, 8),) * 3 + (7, 1, torch.zeros(2, 7, 7)), r"rpb must have shape .*\[2, 13, 13\]"),
+        (lambda: (torch.randint(0, 3, (1, 2, 14, 14, 8)),) * 3 + (7, 1, None), "floating point"),
+    ],
+)
+def test_bad_input_is_named(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        neighborhood_attention_2d(*make())
