@@ -1,0 +1,84 @@
+"""Shared helpers for the families' ``checkpoint_filter_fn``: unwrapping, validation, rpb resizing."""
+from __future__ import annotations
+
+from typing import Dict, Iterable
+
+import torch
+import torch.nn as nn
+
+from ._blocks import resize_rpb
+
+# Keys timm itself reconciles after the filter: the classifier (dropped when num_classes differs)
+# and the first conv (adapted when in_chans differs).
+_TIMM_ADAPTS = ("head.fc.",)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose converted keys or shapes do not fit the model."""
+
+
+def unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
+    """The tensors of a checkpoint saved as ``{'model': …}``, ``{'state_dict': …}`` or bare, DDP prefix off."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    out = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def resize_rpb_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Resample every ``*.attn.rpb`` to the kernel size of the model's matching module, in place."""
+    targets = {name + ".rpb": p.shape for name, m in model.named_modules() for n, p in m.named_parameters(recurse=False) if n == "rpb"}
+    for key, shape in targets.items():
+        if key in state_dict and state_dict[key].shape != shape and state_dict[key].shape[0] == shape[0]:
+            state_dict[key] = resize_rpb(state_dict[key], (shape[-1] + 1) // 2)
+
+
+def check_converted(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: str, first_conv: Iterable[str] = ()) -> None:
+    """Raise naming every missing, unexpected or misshapen key after conversion."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    adapts = tuple(_TIMM_ADAPTS) + tuple(c + "." for c in first_conv)
+
+    def adapted(key):
+        return key.startswith(adapts)
+
+    missing = sorted(k for k in expected if k not in state_dict and not adapted(k))
+    unexpected = sorted(k for k in state_dict if k not in expected and not adapted(k))
+    misshapen = sorted(
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k])}"
+        for k, v in state_dict.items()
+        if k in expected and not adapted(k) and tuple(v.shape) != tuple(expected[k])
+    )
+    if missing or unexpected or misshapen:
+        parts = [f"checkpoint ({source} format) does not match {type(model).__name__}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if misshapen:
+            parts.append(f"shape mismatches ({len(misshapen)}): {'; '.join(misshapen)}")
+        raise CheckpointMismatchError("\n  ".join(parts))
+
+
+def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, feature_cfg: dict, **kwargs):
+    """``build_model_with_cfg``, with a load failure reported as which weights failed and why."""
+    from timm.models import build_model_with_cfg
+
+    try:
+        return build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs
+        )
+    except CheckpointMismatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with context below
+        if not pretrained or isinstance(e, TypeError):
+            raise
+        hint = ""
+        if isinstance(e, (OSError, FileNotFoundError)) or "offline" in str(e).lower():
+            hint = " (not in the local Hugging Face / torch hub cache, and downloads are off or failed)"
+        raise RuntimeError(f"could not load pretrained weights for {variant!r}{hint}: {type(e).__name__}: {e}") from e
