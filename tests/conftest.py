@@ -14,6 +14,25 @@ def load_fixture(name):
     return torch.load(FIXTURES / name, weights_only=True)
 
 
-@pytest.fixture(scope="session")
-def na2d_cases():
-    return load_fixture("na2d_natten.pt")["cases"]
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """A fresh, empty Hugging Face hub cache, offline, for this test only."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+@pytest.fixture
+def torch_hub_dir(tmp_path):
+    """A fresh torch hub dir (where URL checkpoints are cached), restored afterwards."""
+    old = torch.hub.get_dir()
+    hub = tmp_path / "torch-hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.hub.set_dir(str(hub))
+    yield hub
+    torch.hub.set_dir(old)

@@ -1,0 +1,34 @@
+"""Helpers shared by the model tests: loading reference fixtures through timm as a user would."""
+import hashlib
+from pathlib import Path
+
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name):
+    return torch.load(FIXTURES / name, weights_only=True)
+
+
+def put_in_hf_cache(cache_dir: Path, repo_id: str, filename: str, payload: bytes) -> Path:
+    """Lay a file out the way huggingface_hub's cache stores a download (blobs, snapshots, refs)."""
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    blob = repo / "blobs" / hashlib.sha256(payload).hexdigest()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(payload)
+    snapshot = repo / "snapshots" / commit / filename
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.symlink_to(blob)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def serialized(state_dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    return buf.getvalue()

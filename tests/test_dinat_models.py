@@ -1,0 +1,283 @@
+"""Hierarchical DiNAT / NAT: parity with the original code and transformers, both checkpoint
+formats through timm's real pretrained machinery (offline), and the native timm model API."""
+import json
+
+import pytest
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+
+import dinat_timm  # noqa: F401  (registers the models)
+from dinat_timm.models._checkpoint import CheckpointMismatchError
+from dinat_timm.models.dinat import checkpoint_filter_fn
+
+from _model_helpers import FIXTURES, fixture, put_in_hf_cache, serialized
+
+UPSTREAM = fixture("upstream_dinat_small.pt")
+HF = fixture("hf_dinat_small.pt")
+MANIFEST_UP = json.loads((FIXTURES / "manifests_upstream.json").read_text())["models"]
+MANIFEST_HF = json.loads((FIXTURES / "manifests_hf.json").read_text())["models"]
+# manifest names of the IN-22K checkpoints -> the architectures (and tags) that load them
+ARCH_OF = {"dinat_large_21k": "dinat_large", "dinat_large_21k_11x11": "dinat_large_384_11x11"}
+HIERARCHICAL = [n for n in MANIFEST_UP if n.startswith(("dinat_", "nat_")) and not n.startswith(("dinat_s_", "dinat_isotropic", "nat_isotropic"))]
+
+
+def small_kwargs(config):
+    layer_scale = config.get("layer_scale", config.get("layer_scale_init_value"))
+    return dict(
+        embed_dim=config["embed_dim"], depths=config["depths"], num_heads=config["num_heads"],
+        mlp_ratio=config["mlp_ratio"], kernel_size=config["kernel_size"], dilations=config["dilations"],
+        layer_scale=layer_scale, num_classes=10,
+    )
+
+
+# -- parity with the reference implementations --------------------------------------------------------
+
+
+def test_original_checkpoint_parity_via_torch_hub_cache(torch_hub_dir):
+    """The original repo's .pth, fetched by timm from its URL source (here: already cached)."""
+    (torch_hub_dir / "checkpoints" / "dinat_large_in22k_224.pth").write_bytes(serialized(UPSTREAM["state_dict"]))
+    model = timm.create_model(
+        "dinat_large.in22k", pretrained=True, pretrained_cfg_overlay=dict(num_classes=10),
+        **small_kwargs(UPSTREAM["config"]),
+    ).eval()
+    with torch.no_grad():
+        logits = model(UPSTREAM["input"])
+        features = model.forward_head(model.forward_features(UPSTREAM["input"]), pre_logits=True)
+    torch.testing.assert_close(logits, UPSTREAM["logits"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(features, UPSTREAM["features"], atol=1e-4, rtol=0)
+
+
+def test_transformers_checkpoint_parity_via_hf_cache(hf_cache):
+    """A shi-labs/dinat-* Hub repo's pytorch_model.bin, found by timm in the (offline) HF cache."""
+    put_in_hf_cache(hf_cache, "shi-labs/dinat-tiny-in1k-224", "pytorch_model.bin", serialized(HF["state_dict"]))
+    model = timm.create_model(
+        "dinat_tiny", pretrained=True, pretrained_cfg_overlay=dict(num_classes=10), **small_kwargs(HF["config"])
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(HF["input"]), HF["logits"], atol=1e-4, rtol=0)
+        # 64x64: maps of 16, 8, 4, 2 take the zero-pad-then-crop path of transformers / NATTEN <= 0.15
+        torch.testing.assert_close(model(HF["input_small"]), HF["logits_small"], atol=1e-4, rtol=0)
+
+
+def test_custom_config_loads_through_the_same_filter_fn():
+    model = timm.create_model("nat_tiny", **small_kwargs(UPSTREAM["config"])).eval()
+    model.load_state_dict(checkpoint_filter_fn(UPSTREAM["state_dict"], model))
+    with torch.no_grad():
+        torch.testing.assert_close(model(UPSTREAM["input"]), UPSTREAM["logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["tiled", "gather", "flex"])
+def test_model_parity_on_every_pure_pytorch_backend(backend):
+    model = timm.create_model("dinat_tiny", attn_backend=backend, **small_kwargs(UPSTREAM["config"])).eval()
+    model.load_state_dict(checkpoint_filter_fn(UPSTREAM["state_dict"], model))
+    with torch.no_grad():
+        torch.testing.assert_close(model(UPSTREAM["input"][:1]), UPSTREAM["logits"][:1], atol=1e-4, rtol=0)
+
+
+# -- the real architectures, key for key ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", HIERARCHICAL)
+def test_original_layout_converts_exactly(name):
+    entry = MANIFEST_UP[name]
+    model = timm.create_model(ARCH_OF.get(name, name), device="meta")
+    converted = checkpoint_filter_fn({k: torch.empty(s, device="meta") for k, s in entry["state_dict"].items()}, model)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sum(p.numel() for p in model.parameters()) == entry["params"]
+
+
+@pytest.mark.parametrize("name", list(MANIFEST_HF))
+def test_transformers_layout_converts_exactly(name):
+    entry = MANIFEST_HF[name]
+    model = timm.create_model(name, device="meta")
+    converted = checkpoint_filter_fn({k: torch.empty(s, device="meta") for k, s in entry["state_dict"].items()}, model)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sum(p.numel() for p in model.parameters()) == entry["params"]
+    # and the architecture hyper-parameters are transformers' (= the original registered functions')
+    cfg = entry["hf_config"]
+    assert model.dilations == cfg["dilations"] and list(model.depths) == cfg["depths"]
+    assert model.kernel_size == cfg["kernel_size"]
+    assert model.stages[0].blocks[0].attn.num_heads == cfg["num_heads"][0]
+    assert model.patch_embed.norm.normalized_shape[0] == cfg["embed_dim"]
+    mlp_hidden = model.stages[0].blocks[0].mlp.fc1.out_features
+    assert mlp_hidden == int(cfg["embed_dim"] * cfg["mlp_ratio"])
+    has_ls = any(k.endswith("ls1.gamma") for k in model.state_dict())
+    assert has_ls == bool(cfg.get("layer_scale_init_value", 0.0))
+
+
+def test_every_registered_hierarchical_variant_has_a_manifest():
+    registered = set(timm.list_models("dinat_*")) - set(timm.list_models("dinat_s_*")) - set(timm.list_models("dinat_isotropic*"))
+    registered |= set(timm.list_models("nat_*")) - set(timm.list_models("nat_isotropic*"))
+    assert registered <= set(MANIFEST_UP)
+
+
+def test_rpb_is_resized_for_another_kernel():
+    model = timm.create_model("dinat_tiny", **dict(small_kwargs(UPSTREAM["config"]), kernel_size=5)).eval()
+    converted = checkpoint_filter_fn(UPSTREAM["state_dict"], model)
+    assert converted["stages.0.blocks.0.attn.rpb"].shape == (1, 9, 9)
+    model.load_state_dict(converted)
+
+
+# -- pretrained cfgs and preprocessing --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", timm.list_pretrained("dinat*") + timm.list_pretrained("nat_*"))
+def test_pretrained_cfgs(tag):
+    arch = tag.split(".")[0]
+    if arch.startswith(("dinat_s_", "dinat_isotropic", "nat_isotropic")):
+        pytest.skip("other family")
+    model = timm.create_model(tag, device="meta")
+    cfg = model.pretrained_cfg
+    assert cfg["interpolation"] == "bicubic" and cfg["license"] == "mit" and cfg["origin_url"]
+    assert cfg["url"].startswith("https://shi-labs.com/projects/")
+    model.get_submodule(cfg["first_conv"]) and model.get_submodule(cfg["classifier"])
+    assert cfg["crop_pct"] == (1.0 if cfg["input_size"][-1] == 384 else 0.875)
+    data = resolve_data_config({}, model=model)
+    assert data["interpolation"] == "bicubic" and data["mean"] == (0.485, 0.456, 0.406)
+    transform = create_transform(**data)
+    assert "Resize" in repr(transform) and "CenterCrop" in repr(transform)
+    if "in22k" == tag.split(".")[1]:
+        assert cfg["num_classes"] == 21841 and model.num_classes == 21841
+
+
+def test_hf_repos_are_the_published_ones():
+    ids = {t: timm.models.get_pretrained_cfg(t).hf_hub_id for t in timm.list_pretrained("*") if t.split(".")[0] in timm.list_models("*nat*")}
+    assert ids["dinat_tiny.in1k"] == "shi-labs/dinat-tiny-in1k-224"
+    assert ids["dinat_large_384_11x11.in22k_ft_in1k"] == "shi-labs/dinat-large-11x11-in22k-in1k-384"
+    assert ids["nat_base.in1k"] == "shi-labs/nat-base-in1k-224"
+    assert not ids["dinat_large.in22k"]  # no Hub repo: loads from the original URL
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return timm.create_model("dinat_tiny", **small_kwargs(UPSTREAM["config"])).eval()
+
+
+@pytest.mark.parametrize(
+    "x,match",
+    [
+        (torch.randn(1, 1, 64, 64), "expected 3 input channels, got 1"),
+        (torch.randn(3, 64, 64), "4-D image tensor"),
+        (torch.randn(1, 3, 16, 16), "16x16 is smaller than this model's minimum 32x32"),
+    ],
+)
+def test_bad_input(tiny, x, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(x)
+
+
+def test_corrupt_checkpoint(hf_cache):
+    put_in_hf_cache(hf_cache, "shi-labs/dinat-mini-in1k-224", "pytorch_model.bin", b"not a checkpoint" * 100)
+    with pytest.raises(RuntimeError, match="could not load pretrained weights for 'dinat_mini'"):
+        timm.create_model("dinat_mini", pretrained=True)
+
+
+def test_weights_not_cached_offline(hf_cache):
+    with pytest.raises(RuntimeError, match="could not load pretrained weights for 'nat_mini'.*cache"):
+        timm.create_model("nat_mini", pretrained=True)
+
+
+def test_checkpoint_with_missing_and_unexpected_keys_names_them(tiny):
+    sd = dict(UPSTREAM["state_dict"])
+    del sd["levels.1.blocks.0.attn.rpb"]
+    sd["levels.1.blocks.0.attn.extra"] = torch.zeros(1)
+    sd["levels.2.blocks.0.mlp.fc1.weight"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointMismatchError) as err:
+        checkpoint_filter_fn(sd, tiny)
+    message = str(err.value)
+    assert "missing keys (1): stages.1.blocks.0.attn.rpb" in message
+    assert "unexpected keys (1): stages.1.blocks.0.attn.extra" in message
+    assert "stages.2.blocks.0.mlp.fc1.weight: checkpoint (3, 3)" in message
+
+
+def test_unknown_kwargs_raise_type_error():
+    with pytest.raises(TypeError):
+        timm.create_model("dinat_mini", windw_size=7)
+
+
+# -- native timm behaviour -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(32, 32), (96, 96), (128, 160), (224, 224)])
+def test_any_input_from_32_pixels(tiny, size):
+    with torch.no_grad():
+        assert tiny(torch.randn(1, 3, *size)).shape == (1, 10)
+
+
+def test_features_only_and_feature_info():
+    model = timm.create_model("dinat_mini", features_only=True, out_indices=(1, 2, 3), embed_dim=32, depths=(1, 1, 2, 1),
+                              num_heads=(1, 2, 4, 8), dilations=[[1], [1], [1, 2], [1]])
+    assert model.feature_info.channels() == [64, 128, 256]
+    assert model.feature_info.reduction() == [8, 16, 32]
+    feats = model(torch.randn(2, 3, 128, 96))
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 16, 12), (2, 128, 8, 6), (2, 256, 4, 3)]
+
+
+def test_forward_intermediates_and_pruning(tiny):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        final, inters = tiny.forward_intermediates(x)
+        assert [t.shape[1] for t in inters] == [32, 64, 128, 256] and final.shape == (1, 2, 2, 256)
+        torch.testing.assert_close(final, tiny.forward_features(x))
+        nhwc = tiny.forward_intermediates(x, indices=[0, 2], output_fmt="NHWC", intermediates_only=True)
+        assert [tuple(t.shape) for t in nhwc] == [(1, 16, 16, 32), (1, 4, 4, 128)]
+        early = tiny.forward_intermediates(x, indices=1, stop_early=True, intermediates_only=True)
+        assert len(early) == 1 and early[0].shape == (1, 256, 2, 2)
+    pruned = timm.create_model("dinat_tiny", **small_kwargs(UPSTREAM["config"]))
+    kept = pruned.prune_intermediate_layers(indices=[1])
+    assert kept == [1] and len(pruned.stages) == 2 and pruned.num_features == 64
+
+
+def test_grad_checkpointing_matches_and_trains():
+    torch.manual_seed(0)
+    model = timm.create_model("dinat_tiny", drop_path_rate=0.0, **small_kwargs(UPSTREAM["config"]))
+    x = torch.randn(2, 3, 64, 64)
+    loss = model(x).square().mean()
+    loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).square().mean().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=n)
+    assert ref["stages.0.blocks.0.attn.rpb"].abs().sum() > 0
+
+
+def test_optimizer_helpers():
+    from timm.optim import create_optimizer_v2, param_groups_layer_decay
+
+    model = timm.create_model("dinat_mini", embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+                              dilations=[[1], [1], [1, 2], [1]])
+    assert all(n.endswith(".rpb") for n in model.no_weight_decay()) and len(model.no_weight_decay()) == 5
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.75)
+    assert len(groups) > 4
+    create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+
+
+def test_head_kwargs_and_reset():
+    model = timm.create_model("nat_mini", num_classes=0, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 256)
+    model.reset_classifier(5, "avg")
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    gray = timm.create_model("nat_mini", in_chans=1, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+    assert gray(torch.randn(1, 1, 64, 64)).shape == (1, 1000)
+
+
+def test_device_and_dtype_kwargs():
+    meta = timm.create_model("dinat_large", device="meta")
+    assert all(p.device.type == "meta" for p in meta.parameters())
+    bf16 = timm.create_model("dinat_mini", dtype=torch.bfloat16, embed_dim=32, depths=(1, 1, 2, 1),
+                             num_heads=(1, 2, 4, 8), dilations=[[1], [1], [1, 2], [1]])
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    assert bf16(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_torch_compile(tiny):
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(tiny)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), tiny(x), atol=1e-4, rtol=1e-4)
