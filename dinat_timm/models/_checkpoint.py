@@ -1,6 +1,7 @@
 """Shared helpers for the families' ``checkpoint_filter_fn``: unwrapping, validation, rpb resizing."""
 from __future__ import annotations
 
+import re
 from typing import Dict, Iterable
 
 import torch
@@ -31,6 +32,23 @@ def unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
     return out
 
 
+def convert_original_hierarchical(state_dict: Dict[str, torch.Tensor], level: str) -> Dict[str, torch.Tensor]:
+    """The original repo's hierarchical layouts (``levels.i`` in nat.py/dinat.py, ``layers.i`` in
+    dinats.py) -> ours: downsamples open the next stage, layer scales become ``ls{1,2}.gamma``,
+    the classifier is ``head.fc``."""
+    out = {}
+    for key, value in state_dict.items():
+        k = re.sub(rf"^{level}\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.", key)
+        k = re.sub(rf"^{level}\.", "stages.", k)
+        k = re.sub(r"\.gamma([12])$", lambda m: f".ls{m[1]}.gamma", k)
+        out[_head_fc(k)] = value
+    return out
+
+
+def _head_fc(key: str) -> str:
+    return "head.fc." + key[len("head."):] if key.startswith("head.") and not key.startswith("head.fc.") else key
+
+
 def resize_rpb_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
     """Resample every ``*.attn.rpb`` to the kernel size of the model's matching module, in place."""
     targets = {name + ".rpb": p.shape for name, m in model.named_modules() for n, p in m.named_parameters(recurse=False) if n == "rpb"}
@@ -57,12 +75,18 @@ def check_converted(state_dict: Dict[str, torch.Tensor], model: nn.Module, sourc
     if missing or unexpected or misshapen:
         parts = [f"checkpoint ({source} format) does not match {type(model).__name__}:"]
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {_names(missing, ', ')}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected, ', ')}")
         if misshapen:
-            parts.append(f"shape mismatches ({len(misshapen)}): {'; '.join(misshapen)}")
+            parts.append(f"shape mismatches ({len(misshapen)}): {_names(misshapen, '; ')}")
         raise CheckpointMismatchError("\n  ".join(parts))
+
+
+def _names(items, sep, limit=50):
+    """All names up to ``limit``; past it (a checkpoint of another model entirely) the first ones."""
+    shown = sep.join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}{sep}… (+{len(items) - limit} more)"
 
 
 def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, feature_cfg: dict, **kwargs):

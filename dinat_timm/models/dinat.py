@@ -11,17 +11,21 @@ Both published checkpoint formats load through ``checkpoint_filter_fn``: the ori
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models import generate_default_cfgs, register_model
 
-from ._blocks import NATBlock, check_image_input, init_weights, stage_drop_path_rates
-from ._checkpoint import build_family_model, check_converted, resize_rpb_tables, unwrap_state_dict
+from ._checkpoint import (
+    build_family_model,
+    check_converted,
+    convert_original_hierarchical,
+    resize_rpb_tables,
+    unwrap_state_dict,
+)
+from ._hierarchical import HierarchicalNAT
 
 __all__ = ["DiNAT"]
 
@@ -55,33 +59,7 @@ class ConvDownsample(nn.Module):
         return self.norm(self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
-class DiNATStage(nn.Module):
-    """Optional downsample (the original's end-of-level downsample, moved to the next stage's
-    start as timm's Swin does, so a stage's output is its feature map), then blocks."""
-
-    def __init__(self, dim, out_dim, depth, num_heads, kernel_size, dilations, downsample, mlp_ratio, qkv_bias,
-                 qk_scale, proj_drop, attn_drop, drop_path, layer_scale, norm_layer, act_layer, attn_backend,
-                 device=None, dtype=None):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.grad_checkpointing = False
-        self.downsample = ConvDownsample(dim, out_dim, norm_layer, **dd) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            NATBlock(
-                out_dim, num_heads, kernel_size, dilations[i], mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop,
-                drop_path[i], layer_scale, act_layer, norm_layer, attn_backend=attn_backend, **dd,
-            )
-            for i in range(depth)
-        ])
-
-    def forward(self, x):
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
-class DiNAT(nn.Module):
+class DiNAT(HierarchicalNAT):
     """Hierarchical (Di)NAT. ``dilations=None`` is NAT (dilation 1 everywhere).
 
     Argument names follow the original ``NAT``/``DiNAT`` classes (``embed_dim, depths, num_heads,
@@ -113,140 +91,12 @@ class DiNAT(nn.Module):
         device=None,
         dtype=None,
     ):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        depths, num_heads = tuple(depths), tuple(num_heads)
-        if len(num_heads) != len(depths):
-            raise ValueError(f"num_heads {num_heads} needs one entry per stage of depths {depths}")
-        if dilations is None:
-            dilations = [[1] * d for d in depths]
-        dilations = [list(d) for d in dilations]
-        if [len(d) for d in dilations] != list(depths):
-            raise ValueError(f"dilations {dilations} needs one entry per block of depths {depths}")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.in_chans = in_chans
-        self.img_size = img_size
-        self.depths = depths
-        self.dilations = dilations
-        self.kernel_size = kernel_size
-        self.min_input_size = 4 * 2 ** (len(depths) - 1)
-        self.grad_checkpointing = False
-
-        dims = [embed_dim * 2**i for i in range(len(depths))]
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.patch_embed = ConvStem(in_chans, embed_dim, norm_layer, **dd)
-        self.pos_drop = nn.Dropout(drop_rate)
-        dpr = stage_drop_path_rates(drop_path_rate, depths)
-        stages, self.feature_info = [], []
-        for i, depth in enumerate(depths):
-            stages.append(DiNATStage(
-                dims[max(i - 1, 0)], dims[i], depth, num_heads[i], kernel_size, dilations[i], i > 0, mlp_ratio,
-                qkv_bias, qk_scale, proj_drop_rate, attn_drop_rate, dpr[i], layer_scale, norm_layer, act_layer,
-                attn_backend, **dd,
-            ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.norm = norm_layer(self.num_features, **dd)
-        self.head = ClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC", **dd
+        super().__init__(
+            ConvStem(in_chans, embed_dim, norm_layer, device=device, dtype=dtype), ConvDownsample, 4, img_size,
+            in_chans, num_classes, global_pool, embed_dim, depths, num_heads, mlp_ratio, kernel_size, dilations,
+            layer_scale, qkv_bias, qk_scale, drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate, norm_layer,
+            act_layer, attn_backend, device=device, dtype=dtype,
         )
-        self.apply(init_weights)
-
-    # -- timm model API ------------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith(".rpb")}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.downsample", (0,)),
-                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
-                (r"^norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def set_attn_backend(self, backend: str) -> None:
-        """Route every neighborhood attention through ``backend`` ("auto", "tiled", "natten"…)."""
-        for module in self.modules():
-            if hasattr(module, "rpb") and hasattr(module, "backend"):
-                module.backend = backend
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (``indices``: last n if int, else which), NCHW or NHWC, and the final features."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image_input(x, self.in_chans, self.min_input_size)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.pos_drop(self.patch_embed(x))
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        i = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm and i == last else x
-                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x_inter)
-        if intermediates_only:
-            return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, self.min_input_size)
-        x = self.pos_drop(self.patch_embed(x))
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -302,26 +152,13 @@ def _convert_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _convert_original(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """SHI-Labs classification/nat.py & dinat.py layout -> ours."""
-    out = {}
-    for key, value in state_dict.items():
-        k = re.sub(r"^levels\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.", key)
-        k = re.sub(r"^levels\.", "stages.", k)
-        k = re.sub(r"\.gamma([12])$", lambda m: f".ls{m[1]}.gamma", k)
-        if k.startswith("head.") and not k.startswith("head.fc."):
-            k = "head.fc." + k[len("head."):]
-        out[k] = value
-    return out
-
-
 def checkpoint_filter_fn(state_dict: Dict, model: DiNAT) -> Dict[str, torch.Tensor]:
     """Convert either published format (or ours) to this model's keys, resizing rpb to its kernel."""
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(("dinat.", "nat.")) for k in state_dict):
         source, state_dict = "transformers", _convert_hf(state_dict)
     elif any(k.startswith("levels.") for k in state_dict):
-        source, state_dict = "original", _convert_original(state_dict)
+        source, state_dict = "original", convert_original_hierarchical(state_dict, "levels")
     else:
         source = "dinat_timm"
     resize_rpb_tables(state_dict, model)

@@ -1,0 +1,189 @@
+"""The body and timm API shared by the two hierarchical families (DiNAT/NAT and DiNAT_s).
+
+They differ only in their stem and downsampler; stages of ``NATBlock``s, the final norm, the
+head and everything timm asks of a model (features, intermediates, pruning, checkpointing,
+parameter groups) are the same and live here once.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+
+from ._api import ClassifierModelMixin
+from ._blocks import NATBlock, check_image_input, init_weights, stage_drop_path_rates
+
+
+class NATStage(nn.Module):
+    """Optional downsample, then blocks. The original code downsamples at the end of a level;
+    like timm's Swin, the downsample opens the next stage here, so a stage's output is its
+    feature map (the filter fns move the keys)."""
+
+    def __init__(self, downsample: nn.Module, dim, depth, num_heads, kernel_size, dilations, mlp_ratio, qkv_bias,
+                 qk_scale, proj_drop, attn_drop, drop_path, layer_scale, norm_layer, act_layer, attn_backend,
+                 device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.grad_checkpointing = False
+        self.downsample = downsample
+        self.blocks = nn.Sequential(*[
+            NATBlock(
+                dim, num_heads, kernel_size, dilations[i], mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop,
+                drop_path[i], layer_scale, act_layer, norm_layer, attn_backend=attn_backend, **dd,
+            )
+            for i in range(depth)
+        ])
+
+    def forward(self, x):
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def resolve_dilations(dilations, depths) -> List[List[int]]:
+    if dilations is None:
+        return [[1] * d for d in depths]
+    dilations = [list(d) for d in dilations]
+    if [len(d) for d in dilations] != list(depths):
+        raise ValueError(f"dilations {dilations} needs one entry per block of depths {list(depths)}")
+    return dilations
+
+
+class HierarchicalNAT(ClassifierModelMixin, nn.Module):
+    """Stem (stride ``stem_stride``) -> stages doubling channels and halving resolution -> norm -> head."""
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        downsample_layer: Callable[..., nn.Module],
+        stem_stride: int,
+        img_size,
+        in_chans: int,
+        num_classes: int,
+        global_pool: str,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        mlp_ratio: float,
+        kernel_size: int,
+        dilations,
+        layer_scale: Optional[float],
+        qkv_bias: bool,
+        qk_scale: Optional[float],
+        drop_rate: float,
+        proj_drop_rate: float,
+        attn_drop_rate: float,
+        drop_path_rate: float,
+        norm_layer,
+        act_layer,
+        attn_backend: str,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        depths, num_heads = tuple(depths), tuple(num_heads)
+        if len(num_heads) != len(depths):
+            raise ValueError(f"num_heads {num_heads} needs one entry per stage of depths {depths}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.depths = depths
+        self.dilations = resolve_dilations(dilations, depths)
+        self.kernel_size = kernel_size
+        self.min_input_size = stem_stride * 2 ** (len(depths) - 1)
+        self.grad_checkpointing = False
+
+        dims = [embed_dim * 2**i for i in range(len(depths))]
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.patch_embed = stem
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = stage_drop_path_rates(drop_path_rate, depths)
+        stages, self.feature_info = [], []
+        for i, depth in enumerate(depths):
+            downsample = downsample_layer(dims[i - 1], dims[i], norm_layer, **dd) if i else nn.Identity()
+            stages.append(NATStage(
+                downsample, dims[i], depth, num_heads[i], kernel_size, self.dilations[i], mlp_ratio, qkv_bias,
+                qk_scale, proj_drop_rate, attn_drop_rate, dpr[i], layer_scale, norm_layer, act_layer, attn_backend,
+                **dd,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=stem_stride * 2**i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = norm_layer(self.num_features, **dd)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC", **dd
+        )
+        self.apply(init_weights)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (``indices``: last n if int, else which), NCHW or NHWC, and the final features."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        check_image_input(x, self.in_chans, self.min_input_size)
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.pos_drop(self.patch_embed(x))
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                x_inter = self.norm(x) if norm and i == last else x
+                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x_inter)
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        prune_end = max_index < len(self.feature_info) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.in_chans, self.min_input_size)
+        x = self.pos_drop(self.patch_embed(x))
+        x = self.stages(x)
+        return self.norm(x)

@@ -1,0 +1,201 @@
+"""DiNAT_s: the Swin-shaped DiNAT variant (4×4 patch stem, Swin patch merging, MLP ratio 4).
+
+Paper: "Dilated Neighborhood Attention Transformer", Hassani & Shi, arXiv:2209.15001 (Appendix).
+Original code: SHI-Labs/Neighborhood-Attention-Transformer ``classification/dinats.py`` (MIT).
+Shares its stages, blocks and attention with the hierarchical DiNAT (``_hierarchical.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs, register_model
+
+from ._checkpoint import (
+    build_family_model,
+    check_converted,
+    convert_original_hierarchical,
+    resize_rpb_tables,
+    unwrap_state_dict,
+)
+from ._hierarchical import HierarchicalNAT
+
+__all__ = ["DiNAT_s"]
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` conv (input zero-padded to a multiple, as the original), LayerNorm, NHWC."""
+
+    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm_layer=nn.LayerNorm, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
+        self.norm = norm_layer(embed_dim, **dd) if norm_layer else nn.Identity()
+
+    def forward(self, x):
+        p = self.patch_size
+        pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """Swin's 2×2 merge (odd sizes zero-padded): concat in (0,0),(1,0),(0,1),(1,1) order, LayerNorm(4C), Linear to 2C."""
+
+    def __init__(self, dim, out_dim, norm_layer=nn.LayerNorm, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.norm = norm_layer(4 * dim, **dd)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False, **dd)
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+            h, w = x.shape[1], x.shape[2]
+        # [B, H/2, (row offset), W/2, (col offset), C] -> channels ordered (col offset, row offset)
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class DiNAT_s(HierarchicalNAT):
+    """Swin-shaped DiNAT. Argument names follow the original ``DiNAT_s`` (``embed_dim, depths,
+    num_heads, kernel_size, dilations, mlp_ratio``)."""
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        kernel_size: int = 7,
+        dilations: Optional[Sequence[Sequence[int]]] = None,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.2,
+        norm_layer=nn.LayerNorm,
+        patch_norm: bool = True,
+        act_layer=nn.GELU,
+        attn_backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        stem = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None, device=device, dtype=dtype)
+        super().__init__(
+            stem, PatchMerging, patch_size, img_size, in_chans, num_classes, global_pool, embed_dim, depths,
+            num_heads, mlp_ratio, kernel_size, dilations, None, qkv_bias, qk_scale, drop_rate, proj_drop_rate,
+            attn_drop_rate, drop_path_rate, norm_layer, act_layer, attn_backend, device=device, dtype=dtype,
+        )
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: DiNAT_s) -> Dict[str, torch.Tensor]:
+    """The original ``dinats.py`` layout (``layers.i.blocks.j…``), or ours, to this model's keys."""
+    state_dict = unwrap_state_dict(state_dict)
+    source = "dinat_timm"
+    if any(k.startswith("layers.") for k in state_dict):
+        source, state_dict = "original", convert_original_hierarchical(state_dict, "layers")
+    resize_rpb_tables(state_dict, model)
+    check_converted(state_dict, model, source, first_conv=("patch_embed.proj",))
+    return state_dict
+
+
+def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs) -> DiNAT_s:
+    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 6, 2))))))
+    return build_family_model(
+        DiNAT_s, variant, pretrained, checkpoint_filter_fn, dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+_URL = "https://shi-labs.com/projects/dinat/checkpoints/"
+_NAME_NOTE = (
+    "file name from the original code (dinats.py); the original DiNAT.md links '{}' instead",
+)
+
+
+def _cfg(file: str, alt_file: str, **kwargs) -> Dict[str, Any]:
+    return {
+        "url": _URL + file,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_ids": "arXiv:2209.15001",
+        "paper_name": "Dilated Neighborhood Attention Transformer",
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        "notes": (_NAME_NOTE[0].format(alt_file),),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "dinat_s_tiny.in1k": _cfg("imagenet1k/dinat_s_tiny_in1k_224.pth", "dinat_s_tiny_1k_224.pth"),
+    "dinat_s_small.in1k": _cfg("imagenet1k/dinat_s_small_in1k_224.pth", "dinat_s_small_1k_224.pth"),
+    "dinat_s_base.in1k": _cfg("imagenet1k/dinat_s_base_in1k_224.pth", "dinat_s_base_1k_224.pth"),
+    "dinat_s_large.in22k_ft_in1k": _cfg("imagenet1k/dinat_s_large_in1k_224.pth", "dinat_s_large_1k_224.pth"),
+    "dinat_s_large.in22k": _cfg(
+        "imagenet22k/dinat_s_large_in22k_224.pth", "dinat_s_large_22k_224.pth", num_classes=21841),
+    "dinat_s_large_384.in22k_ft_in1k": _cfg(
+        "imagenet1k/dinat_s_large_in1k_384.pth", "dinat_s_large_1k_384.pth",
+        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+})
+
+_D224 = [[1, 8], [1, 4], [1, 2] * 9, [1, 1]]
+_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), mlp_ratio=4.0, kernel_size=7)
+
+
+def _make(variant, pretrained, defaults, kwargs):
+    return _create_dinat_s(variant, pretrained=pretrained, **{**defaults, **kwargs})
+
+
+@register_model
+def dinat_s_tiny(pretrained: bool = False, **kwargs) -> DiNAT_s:
+    defaults = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2,
+                    dilations=[[1, 8], [1, 4], [1, 2] * 3, [1, 1]])
+    return _make("dinat_s_tiny", pretrained, defaults, kwargs)
+
+
+@register_model
+def dinat_s_small(pretrained: bool = False, **kwargs) -> DiNAT_s:
+    defaults = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3, dilations=_D224)
+    return _make("dinat_s_small", pretrained, defaults, kwargs)
+
+
+@register_model
+def dinat_s_base(pretrained: bool = False, **kwargs) -> DiNAT_s:
+    defaults = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5, dilations=_D224)
+    return _make("dinat_s_base", pretrained, defaults, kwargs)
+
+
+@register_model
+def dinat_s_large(pretrained: bool = False, **kwargs) -> DiNAT_s:
+    # the IN-22K pre-training used drop_path_rate 0.2 (the original registers it as dinat_s_large_21k)
+    tag = kwargs.get("pretrained_cfg") or ""
+    dpr = 0.2 if str(tag).endswith("in22k") else 0.35
+    return _make("dinat_s_large", pretrained, dict(_LARGE, drop_path_rate=dpr, dilations=_D224), kwargs)
+
+
+@register_model
+def dinat_s_large_384(pretrained: bool = False, **kwargs) -> DiNAT_s:
+    dilations = [[1, 13], [1, 6], [1, 3] * 9, [1, 1]]
+    return _make("dinat_s_large_384", pretrained, dict(_LARGE, drop_path_rate=0.35, dilations=dilations, img_size=384), kwargs)
