@@ -5,13 +5,27 @@ import re
 from functools import lru_cache
 
 
+def _legacy_import_shim() -> None:
+    """NATTEN <= 0.17 does ``from torch.cuda import _device_t``, an alias newer torch removed;
+    putting the alias back (the type it named) lets those releases import on current torch."""
+    import torch
+
+    if not hasattr(torch.cuda, "_device_t"):
+        from typing import Optional, Union
+
+        torch.cuda._device_t = Optional[Union[torch.device, str, int]]
+
+
 @lru_cache(maxsize=1)
 def natten_version():
     """((major, minor, patch) or None, reason it is unusable)."""
+    _legacy_import_shim()
     try:
         import natten
-    except ImportError:
-        return None, "natten is not installed"
+    except ModuleNotFoundError as e:
+        if e.name == "natten":
+            return None, "natten is not installed"
+        return None, f"natten is installed but fails to import: {type(e).__name__}: {e}"
     except Exception as e:  # e.g. a legacy build importing torch internals that moved
         return None, f"natten is installed but fails to import: {type(e).__name__}: {e}"
     match = re.match(r"(\d+)\.(\d+)\.?(\d*)", getattr(natten, "__version__", ""))
