@@ -64,6 +64,58 @@ def opt_int_list(config, name):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "leaderboard(csv): the CSV (under --results-dir) a benchmark's rows go to")
+    config._leaderboard_rows = 0
+
+
+def _ours(model: str) -> bool:
+    from dinat_timm.bench.steps import _is_ours
+
+    return _is_ours(model)
+
+
+def pytest_generate_tests(metafunc):
+    """``bench_config``: every combination of the CLI's comma lists that makes sense on the device."""
+    if "model_name" in metafunc.fixturenames:
+        metafunc.parametrize("model_name", list(dict.fromkeys(opt_list(metafunc.config, "models"))))
+    if "bench_config" not in metafunc.fixturenames:
+        return
+    import dinat_timm  # noqa: F401  (registers the models for the name checks below)
+    from dinat_timm.bench.steps import StepConfig
+
+    config = metafunc.config
+    device = opt(config, "device")
+    img_size = int(opt(config, "img-size")) if opt(config, "img-size") else None
+    pretrained = opt(config, "pretrained") == "1"
+    configs, ids = [], []
+    models = opt_list(config, "models") + opt_list(config, "reference-models")
+    for model in dict.fromkeys(models):
+        for batch in opt_int_list(config, "batch-size"):
+            for dtype in opt_list(config, "dtypes"):
+                if dtype == "fp16" and not device.startswith("cuda"):
+                    continue  # fp16 autocast is a GPU configuration
+                for cl in opt_int_list(config, "channels-last"):
+                    for comp in opt_int_list(config, "compile"):
+                        for backend in (opt_list(config, "backends") if _ours(model) else ["n/a"]):
+                            configs.append(StepConfig(model, batch, img_size, dtype, bool(cl), bool(comp),
+                                                      "auto" if backend == "n/a" else backend, device, pretrained))
+                            ids.append(f"{model}-b{batch}-{dtype}{'-cl' if cl else ''}{'-compile' if comp else ''}-{backend}")
+    metafunc.parametrize("bench_config", configs, ids=ids)
+
+
+def config_columns(cfg, model=None) -> dict:
+    """The columns every speed/memory row shares, incl. the backend ``auto`` resolved to."""
+    from dinat_timm.bench.steps import _is_ours
+
+    chosen = "n/a"
+    if _is_ours(cfg.model):
+        chosen = cfg.backend
+        if cfg.backend == "auto":
+            from dinat_timm.ops import choose_backend
+
+            probe = torch.empty(1, 1, 7, 7, 8, device=cfg.device)
+            chosen = "auto:" + choose_backend(probe, torch.empty(1, 13, 13, device=cfg.device), needs_grad=False)
+    return dict(model=cfg.model, dtype=cfg.dtype, channels_last=int(cfg.channels_last), compile=int(cfg.compile),
+                backend=chosen, pretrained=int(cfg.pretrained))
 
 
 def sync(device: str):
@@ -118,6 +170,7 @@ def leaderboard(request):
             row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             append_rows(results_dir / csv_name, [row])
             request.node._leaderboard_written = True
+            config._leaderboard_rows += 1
             return row
 
     return Recorder()
@@ -135,3 +188,17 @@ def pytest_runtest_makereport(item, call):
         row = {**columns, **environment(device), "status": "oom" if oom else "failed", "error": error[:500]}
         row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         append_rows(path, [row])
+        item.config._leaderboard_rows += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Rebuild the leaderboards and the plot from everything under --results-dir."""
+    config = session.config
+    if getattr(config, "_leaderboard_rows", 0) == 0 or hasattr(config, "workerinput"):
+        return
+    from dinat_timm.results.boards import build_boards
+
+    written = build_boards(opt(config, "results-dir"))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write_line("leaderboards: " + ", ".join(str(p) for p in written.values()))

@@ -247,6 +247,17 @@ def test_grad_checkpointing_matches_and_trains():
     assert ref["stages.0.blocks.0.attn.rpb"].abs().sum() > 0
 
 
+def test_inference_mode_then_training():
+    """Index/mask caches first built under inference_mode must still serve autograd later."""
+    model = timm.create_model("dinat_mini", embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8),
+                              dilations=[[1], [1], [1, 2], [1]], num_classes=3)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert model.stages[2].blocks[1].attn.rpb.grad is not None
+
+
 def test_optimizer_helpers():
     from timm.optim import create_optimizer_v2, param_groups_layer_decay
 

@@ -41,11 +41,11 @@ def convert_original_hierarchical(state_dict: Dict[str, torch.Tensor], level: st
         k = re.sub(rf"^{level}\.(\d+)\.downsample\.", lambda m: f"stages.{int(m[1]) + 1}.downsample.", key)
         k = re.sub(rf"^{level}\.", "stages.", k)
         k = re.sub(r"\.gamma([12])$", lambda m: f".ls{m[1]}.gamma", k)
-        out[_head_fc(k)] = value
+        out[head_fc_key(k)] = value
     return out
 
 
-def _head_fc(key: str) -> str:
+def head_fc_key(key: str) -> str:
     return "head.fc." + key[len("head."):] if key.startswith("head.") and not key.startswith("head.fc.") else key
 
 

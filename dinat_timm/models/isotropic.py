@@ -8,7 +8,7 @@ relative position bias. Blocks are the shared ``NATBlock``.
 """
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -19,15 +19,16 @@ from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ..ops._cache import cached_constant
 from ._api import ClassifierModelMixin
 from ._blocks import NATBlock, check_image_input, init_weights
-from ._checkpoint import build_family_model, check_converted, resize_rpb_tables, unwrap_state_dict, _head_fc
+from ._checkpoint import build_family_model, check_converted, head_fc_key, resize_rpb_tables, unwrap_state_dict
 from .dinat_s import PatchEmbed
 
 __all__ = ["NATIsotropic", "GlobalAttentionRPB"]
 
 
-@lru_cache(maxsize=32)
+@cached_constant(maxsize=32)
 def _relative_index(height: int, width: int, table: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """[N, N] row and column indices ``Δ + L - 1`` (Δ = key - query) into a (2L-1)² table."""
     rows = torch.arange(height, device=device).repeat_interleave(width)
@@ -203,7 +204,7 @@ def checkpoint_filter_fn(state_dict: Dict, model: NATIsotropic) -> Dict[str, tor
             continue  # derived from the map size here, not stored
         if key.startswith("layers."):
             key = "blocks." + key[len("layers."):]
-        out[_head_fc(key)] = value
+        out[head_fc_key(key)] = value
     resize_rpb_tables(out, model)
     check_converted(out, model, source, first_conv=("patch_embed.proj",))
     return out

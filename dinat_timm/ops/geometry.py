@@ -9,9 +9,9 @@ derives its indices from these helpers, so they share one definition of the neig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
+from ._cache import cached_constant
 
 
 def _subgrid_position(length: int, dilation: int, device):
@@ -26,7 +26,7 @@ def _window_start(pos: torch.Tensor, sub_len: torch.Tensor, kernel_size: int) ->
     return torch.clamp(torch.minimum(pos - kernel_size // 2, sub_len - kernel_size), min=0)
 
 
-@lru_cache(maxsize=256)
+@cached_constant(maxsize=256)
 def neighborhood_1d(length: int, kernel_size: int, dilation: int, device=None):
     """Per position: the ``k`` neighbor indices and their bias indices (``[L, k]`` each)."""
     sub, pos, sub_len = _subgrid_position(length, dilation, device)
@@ -65,7 +65,7 @@ def padded_halo_fits(length: int, kernel_size: int, dilation: int, tile: int) ->
     return sub_len % tile == 0 and tile > kernel_size // 2 and sub_len > tile
 
 
-@lru_cache(maxsize=256)
+@cached_constant(maxsize=256)
 def tile_axis(length: int, kernel_size: int, dilation: int, tile: int, padded: bool = False) -> AxisTiling:
     """Split one axis into query tiles whose neighborhoods fit a halo of ``tile + k - 1`` keys.
 

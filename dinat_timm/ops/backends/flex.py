@@ -7,10 +7,10 @@ materialises every score, and on CPU it has no backward at all.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 import torch
+from .._cache import cached_constant
 
 NAME = "flex"
 
@@ -56,7 +56,7 @@ def _mask_mod(height, width, kernel_size, dilation):
     return mask_mod
 
 
-@lru_cache(maxsize=64)
+@cached_constant(maxsize=64)
 def _block_mask(height, width, kernel_size, dilation, device):
     n = height * width
     return _flex().create_block_mask(

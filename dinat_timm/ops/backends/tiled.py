@@ -16,13 +16,13 @@ Two ways to cut the tiles, chosen per shape:
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..geometry import padded_halo_fits, tile_axis
+from .._cache import cached_constant
 
 NAME = "tiled"
 DEFAULT_TILE = 7
@@ -64,7 +64,7 @@ def _bias_index(rows, cols, kernel_size):
     return torch.where((br >= 0) & (bc >= 0), br * span + bc, span * span)
 
 
-@lru_cache(maxsize=128)
+@cached_constant(maxsize=128)
 def _strided_layout(height, width, kernel_size, dilation, tile, device):
     plan_h = _axis_plan(height, kernel_size, dilation, tile)
     plan_w = _axis_plan(width, kernel_size, dilation, tile)
@@ -80,7 +80,7 @@ def _strided_layout(height, width, kernel_size, dilation, tile, device):
     return dict(rows=rows, cols=cols, padded=(plan_h[1], plan_w[1]), bias_index=index.to(device))
 
 
-@lru_cache(maxsize=128)
+@cached_constant(maxsize=128)
 def _indexed_layout(height, width, kernel_size, dilation, tile, device):
     rows = tile_axis(height, kernel_size, dilation, tile)
     cols = tile_axis(width, kernel_size, dilation, tile)
@@ -112,7 +112,7 @@ def _additive_bias(bias_index, rpb, heads, kernel_size, dtype):
     return table[:, bias_index]
 
 
-@lru_cache(maxsize=128)
+@cached_constant(maxsize=128)
 def _mask_only(layout_fn, args, dtype):
     return _additive_bias(layout_fn(*args)["bias_index"], None, 1, args[2], dtype)
 

@@ -1,0 +1,34 @@
+"""Inference and training throughput (images/s, step time) per model and configuration.
+
+Reference timm models (``--reference-models``, Swin-T by default) run in the same session, so
+that speed can be read — and compared in CI — as a ratio to them on the same machine.
+"""
+import pytest
+
+from conftest import config_columns, opt, run_benchmark
+from dinat_timm.bench.steps import build_model, count_gmacs, inference_step, param_count, resolve_img_size, train_step
+
+CSV = "throughput.csv"
+_GMACS = {}
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_throughput(benchmark, leaderboard, request, bench_config, mode):
+    cfg = bench_config
+    model = build_model(cfg)
+    size = resolve_img_size(model, cfg.img_size)
+    columns = dict(suite="throughput", **config_columns(cfg), **{f"{mode}_img_size": size, f"{mode}_batch_size": cfg.batch_size})
+    leaderboard.context(CSV, **columns)
+    step = (inference_step if mode == "infer" else train_step)(cfg, model)
+    seconds = run_benchmark(benchmark, step, cfg.device, request.config)
+    key = (cfg.model, size)
+    if key not in _GMACS:
+        _GMACS[key] = count_gmacs(cfg.model, size)
+    row = dict(
+        columns,
+        **{f"{mode}_samples_per_sec": round(cfg.batch_size / seconds, 3), f"{mode}_step_time": round(seconds * 1e3, 3)},
+        param_count=round(param_count(model), 2),
+        gmacs=round(_GMACS[key], 3),
+    )
+    benchmark.extra_info.update(row)
+    leaderboard.record(CSV, **row)

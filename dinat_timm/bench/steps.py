@@ -1,0 +1,119 @@
+"""Inference and training steps for throughput and memory, in one place so both measure the same thing."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import timm
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepConfig:
+    model: str
+    batch_size: int = 8
+    img_size: Optional[int] = None  # None: the model's pretrained cfg input size
+    dtype: str = "fp32"  # fp16/bf16 run under autocast (AMP); parameters stay fp32
+    channels_last: bool = False
+    compile: bool = False
+    backend: str = "auto"  # attention backend for dinat_timm models
+    device: str = "cpu"
+    pretrained: bool = False
+
+
+def resolve_img_size(model: torch.nn.Module, img_size: Optional[int]) -> int:
+    return img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+
+
+def autocast(cfg: StepConfig):
+    if cfg.dtype == "fp32":
+        return contextlib.nullcontext()
+    device_type = torch.device(cfg.device).type
+    return torch.autocast(device_type=device_type, dtype=DTYPES[cfg.dtype])
+
+
+def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    extra = {}
+    if cfg.backend != "auto" and _is_ours(cfg.model):
+        extra["attn_backend"] = cfg.backend
+    model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **extra, **kwargs)
+    model.to(cfg.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _is_ours(name: str) -> bool:
+    module = timm.models.get_arch_name(name) if hasattr(timm.models, "get_arch_name") else name
+    fn = timm.models._registry._model_entrypoints.get(module.split(".")[0])  # noqa: SLF001
+    return fn is not None and fn.__module__.startswith("dinat_timm.")
+
+
+def make_input(cfg: StepConfig, img_size: int, requires_grad: bool = False) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.batch_size, 3, img_size, img_size, generator=gen).to(cfg.device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(requires_grad)
+
+
+def inference_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Callable[[], None]:
+    model = (model or build_model(cfg)).eval()
+    x = make_input(cfg, resolve_img_size(model, cfg.img_size))
+    run = torch.compile(model) if cfg.compile else model
+
+    def step():
+        with torch.inference_mode(), autocast(cfg):
+            run(x)
+
+    return step
+
+
+def train_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Callable[[], None]:
+    """Forward, cross-entropy, backward and an AdamW update."""
+    model = (model or build_model(cfg)).train()
+    x = make_input(cfg, resolve_img_size(model, cfg.img_size))
+    target = torch.randint(0, max(1, model.num_classes), (cfg.batch_size,), generator=torch.Generator().manual_seed(0)).to(cfg.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(torch.device(cfg.device).type, enabled=cfg.dtype == "fp16")
+    run = torch.compile(model) if cfg.compile else model
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(cfg):
+            loss = torch.nn.functional.cross_entropy(run(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
+def count_gmacs(model_name: str, img_size: Optional[int] = None) -> float:
+    """Multiply-accumulates of one 1-image forward, in billions, as the papers count them.
+
+    Our models are counted through the ``gather`` backend, which does exactly ``k²`` dot
+    products per query (the tiled backend does extra, masked work); conv, linear and attention
+    (Swin/ViT-rpb) through PyTorch's FlopCounterMode.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kwargs = {"attn_backend": "gather"} if _is_ours(model_name) else {}
+    model = timm.create_model(model_name, **kwargs).eval()
+    size = resolve_img_size(model, img_size)
+    counter = FlopCounterMode(display=False)
+    # the fused CPU SDPA kernels have no flop formula; the math path decomposes into counted matmuls
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 2e9
+
+
+def param_count(model: torch.nn.Module) -> float:
+    """Parameters in millions, as timm's results tables report them."""
+    return sum(p.numel() for p in model.parameters()) / 1e6

@@ -1,0 +1,118 @@
+"""Leaderboards from raw benchmark rows: merge, latest row per configuration, Δ vs the paper, plot."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List
+
+import pandas as pd
+
+from .writer import read_csv, write_csv_atomic
+
+PAPER = Path(__file__).with_name("paper.csv")
+
+# What identifies a measurement (besides the model); environment columns are added when merging
+# boards from several machines, so that their rows sit side by side rather than replace each other.
+CONFIG_COLUMNS = [
+    "suite", "model", "img_size", "infer_img_size", "infer_batch_size", "train_img_size", "train_batch_size",
+    "batch", "mode", "stage", "map_size", "heads", "dilation", "dtype", "channels_last", "compile", "backend",
+    "dataset", "pretrained",
+]
+ENV_COLUMNS = ["device", "natten", "torch"]
+
+
+def key_columns(df: pd.DataFrame, with_env: bool = True) -> List[str]:
+    cols = [c for c in CONFIG_COLUMNS if c in df.columns]
+    return cols + ([c for c in ENV_COLUMNS if c in df.columns] if with_env else [])
+
+
+def latest(df: pd.DataFrame, with_env: bool = True) -> pd.DataFrame:
+    """The last row written for each configuration (a re-run supersedes, a failure included)."""
+    if df.empty:
+        return df
+    keys = key_columns(df, with_env)
+    return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+
+
+def merge(paths: Iterable, out=None) -> pd.DataFrame:
+    """Concatenate CSVs from several machines / NATTEN versions into one board."""
+    frames = [read_csv(p) for p in paths]
+    frames = [f for f in frames if not f.empty]
+    table = latest(pd.concat(frames, ignore_index=True, sort=False)) if frames else pd.DataFrame()
+    if out is not None:
+        write_csv_atomic(table, out)
+    return table
+
+
+def paper_table() -> pd.DataFrame:
+    return pd.read_csv(PAPER)
+
+
+def accuracy_board(rows: pd.DataFrame) -> pd.DataFrame:
+    """Measured top-1/top-5 beside the paper's, with Δ (measured − paper) for ImageNet rows."""
+    if rows.empty:
+        return rows
+    board = latest(rows)
+    paper = paper_table()[["model", "paper_top1", "paper_params_m", "paper_gflops"]]
+    board = board.merge(paper, on="model", how="left")
+    on_imagenet = board.get("dataset", pd.Series("", index=board.index)).astype(str) != "generated-tiny"
+    board["top1_delta_vs_paper"] = (board["top1"] - board["paper_top1"]).where(on_imagenet).round(3)
+    return board
+
+
+def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
+    """Inference throughput against top-1 (ImageNet rows) or, where no accuracy is known, params."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    speed = speed[speed.get("status", "ok") == "ok"] if "status" in speed else speed
+    speed = speed.dropna(subset=["infer_samples_per_sec"]) if "infer_samples_per_sec" in speed else speed.iloc[0:0]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    y_col, y_label = "param_count", "params (M)"
+    if not accuracy.empty and "top1_delta_vs_paper" in accuracy and accuracy["top1_delta_vs_paper"].notna().any():
+        acc = accuracy[accuracy["top1_delta_vs_paper"].notna()][["model", "top1"]]
+        speed = speed.merge(acc.drop_duplicates("model", keep="last"), on="model", how="inner")
+        y_col, y_label = "top1", "ImageNet top-1 (%)"
+    for _, row in speed.iterrows():
+        ax.scatter(row["infer_samples_per_sec"], row[y_col])
+        ax.annotate(f"{row['model']} ({row.get('backend', '')})", (row["infer_samples_per_sec"], row[y_col]), fontsize=7)
+    device = ", ".join(sorted(set(map(str, speed.get("device", pd.Series(dtype=str))))))
+    ax.set_xlabel(f"inference images/s ({device})" if device else "inference images/s")
+    ax.set_ylabel(y_label)
+    ax.set_title("dinat-timm: throughput vs " + ("accuracy" if y_col == "top1" else "size"))
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def build_boards(results_dir) -> dict:
+    """Rewrite the leaderboards (and the plot) under ``results_dir`` from its raw CSVs."""
+    results_dir = Path(results_dir)
+    written = {}
+    speed = read_csv(results_dir / "throughput.csv")
+    memory = read_csv(results_dir / "memory.csv")
+    accuracy = pd.concat(
+        [read_csv(results_dir / n) for n in ("accuracy_imagenet.csv", "accuracy_generated.csv")], ignore_index=True
+    )
+    write_csv_atomic(paper_table(), results_dir / "paper.csv")
+    written["paper"] = results_dir / "paper.csv"
+    acc_board = accuracy_board(accuracy)
+    if not acc_board.empty:
+        write_csv_atomic(acc_board, results_dir / "leaderboard_accuracy.csv")
+        written["accuracy"] = results_dir / "leaderboard_accuracy.csv"
+    if not speed.empty:
+        speed_board = latest(speed)
+        if not memory.empty:
+            mem = latest(memory)
+            pivot = mem.pivot_table(index=["model", "device"], columns="mode", values="peak_mem_mb", aggfunc="last")
+            pivot.columns = [f"{c}_peak_mem_mb" for c in pivot.columns]
+            speed_board = speed_board.merge(pivot.reset_index(), on=["model", "device"], how="left")
+        write_csv_atomic(speed_board, results_dir / "leaderboard_speed.csv")
+        written["speed"] = results_dir / "leaderboard_speed.csv"
+        written["plot"] = plot(speed_board, acc_board, results_dir / "throughput_vs_top1.png")
+    return written

@@ -1,0 +1,93 @@
+"""Compare two benchmark CSVs and decide whether NEW regressed against BASE.
+
+Speed is compared as a ratio to a reference model measured in the same run when
+``--relative-to`` is given (so a slower or busier machine does not read as a regression),
+otherwise as the raw figure. Accuracy is compared in top-1 points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import pandas as pd
+
+from .boards import key_columns, latest
+from .writer import read_csv
+
+HIGHER_IS_BETTER = ["infer_samples_per_sec", "train_samples_per_sec"]
+LOWER_IS_BETTER = ["infer_step_time", "train_step_time", "median_ms", "ratio_vs_windowed"]
+
+
+def parse_fraction(text) -> float:
+    """'10%' or '0.1' -> 0.1."""
+    text = str(text).strip()
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def _relative(df: pd.DataFrame, reference: str, metrics: List[str]) -> pd.DataFrame:
+    """Each speed metric divided by the reference model's, matched on the other config columns."""
+    keys = [c for c in key_columns(df, with_env=True) if c != "model"]
+    ref = df[df["model"] == reference][keys + metrics].rename(columns={m: f"__ref_{m}" for m in metrics})
+    if ref.empty:
+        raise SystemExit(f"--relative-to {reference!r}: no rows of that model to divide by")
+    out = df.merge(ref, on=keys, how="left")
+    for m in metrics:
+        out[m] = out[m] / out[f"__ref_{m}"]
+    return out.drop(columns=[f"__ref_{m}" for m in metrics])
+
+
+@dataclass
+class Verdict:
+    table: pd.DataFrame
+    regressions: int
+
+    @property
+    def passed(self) -> bool:
+        return self.regressions == 0
+
+
+def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
+            relative_to: Optional[str] = None) -> Verdict:
+    base, new = latest(base, with_env=False), latest(new, with_env=False)
+    metrics = [m for m in HIGHER_IS_BETTER + LOWER_IS_BETTER if m in base.columns and m in new.columns]
+    if relative_to:
+        speed = [m for m in metrics if m in HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"]]
+        base, new = _relative(base, relative_to, speed), _relative(new, relative_to, speed)
+    keys = [c for c in key_columns(base, with_env=False) if c in new.columns]
+    merged = base.merge(new, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
+    rows = []
+    for _, r in merged.iterrows():
+        label = " ".join(f"{k}={r[k]}" for k in keys if pd.notna(r[k]) and k not in ("suite",))
+        if r["_merge"] == "left_only":
+            rows.append(dict(config=label, metric="-", base=None, new=None, change="missing in NEW", regression=True))
+            continue
+        if r["_merge"] == "right_only":
+            rows.append(dict(config=label, metric="-", base=None, new=None, change="new row", regression=False))
+            continue
+        status = r.get("status_new", "ok")
+        if isinstance(status, str) and status != "ok":
+            rows.append(dict(config=label, metric="status", base=r.get("status_base"), new=status, change="failed", regression=True))
+            continue
+        for m in metrics:
+            b, n = r.get(f"{m}_base"), r.get(f"{m}_new")
+            if pd.isna(b) or pd.isna(n) or b == 0:
+                continue
+            slowdown = (1 - n / b) if m in HIGHER_IS_BETTER else (n / b - 1)
+            rows.append(dict(config=label, metric=m + (f" / {relative_to}" if relative_to and m in HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"] else ""),
+                             base=round(b, 4), new=round(n, 4), change=f"{-slowdown:+.1%}", regression=slowdown > max_slowdown))
+        if "top1_base" in r and pd.notna(r.get("top1_base")) and pd.notna(r.get("top1_new")):
+            drop = r["top1_base"] - r["top1_new"]
+            rows.append(dict(config=label, metric="top1", base=r["top1_base"], new=r["top1_new"], change=f"{-drop:+.2f} pt",
+                             regression=drop > max_top1_drop))
+    table = pd.DataFrame(rows, columns=["config", "metric", "base", "new", "change", "regression"])
+    return Verdict(table, int(table["regression"].sum()) if not table.empty else 0)
+
+
+def run(base_path, new_path, max_slowdown, max_top1_drop, relative_to=None) -> int:
+    verdict = compare(read_csv(base_path), read_csv(new_path), parse_fraction(max_slowdown), float(max_top1_drop), relative_to)
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 90):
+        print(verdict.table.to_string(index=False) if not verdict.table.empty else "(no comparable rows)")
+    print(f"\nverdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
+          f"(max slowdown {parse_fraction(max_slowdown):.0%}, max top-1 drop {max_top1_drop} pt"
+          f"{', speed relative to ' + relative_to if relative_to else ''})")
+    return 0 if verdict.passed else 1
