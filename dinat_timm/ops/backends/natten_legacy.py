@@ -1,7 +1,7 @@
 """NATTEN 0.14–0.17: the unfused QK(+RPB) / AV ops that the DiNAT weights were trained with.
 
-0.16–0.17 name them ``na2d_qk(..., rpb=)`` / ``na2d_av``; 0.14–0.15 ``natten2dqkrpb`` /
-``natten2dav``. Layout ``[B, heads, H, W, D]`` like ours, CPU and CUDA kernels, with backward.
+0.17 names them ``na2d_qk(..., rpb=)`` / ``na2d_av``, 0.15–0.16 ``na2d_qk_with_bias``, 0.14
+``natten2dqkrpb`` / ``natten2dav``. Layout ``[B, heads, H, W, D]`` like ours, CPU and CUDA kernels, with backward.
 """
 from __future__ import annotations
 
@@ -32,15 +32,21 @@ def supports(query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool)
 
 
 def _ops():
+    """(qk(q, k, rpb, kernel_size, dilation), av(attn, v, kernel_size, dilation)) of this release."""
+    import inspect
+
     import natten.functional as nf
 
-    if hasattr(nf, "na2d_qk") and hasattr(nf, "na2d_av"):
-        return (
-            lambda q, k, rpb, ks, d: nf.na2d_qk(q, k, kernel_size=ks, dilation=d, rpb=rpb),
-            lambda a, v, ks, d: nf.na2d_av(a, v, kernel_size=ks, dilation=d),
-        )
-    if hasattr(nf, "natten2dqkrpb") and hasattr(nf, "natten2dav"):
-        return nf.natten2dqkrpb, nf.natten2dav
+    if not hasattr(nf, "na2d_av") and not hasattr(nf, "natten2dav"):
+        return None
+    av = getattr(nf, "na2d_av", None) or nf.natten2dav
+    qk = getattr(nf, "na2d_qk", None)
+    if qk is not None and "rpb" in inspect.signature(qk).parameters:  # 0.17
+        return (lambda q, k, rpb, ks, d: qk(q, k, ks, d, rpb=rpb)), av
+    if hasattr(nf, "na2d_qk_with_bias"):  # 0.15–0.16
+        return nf.na2d_qk_with_bias, av
+    if hasattr(nf, "natten2dqkrpb"):  # 0.14
+        return nf.natten2dqkrpb, av
     return None
 
 
