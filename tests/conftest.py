@@ -36,3 +36,5 @@ def torch_hub_dir(tmp_path):
     torch.hub.set_dir(str(hub))
     yield hub
     torch.hub.set_dir(old)
+
+pytest_plugins = ["pytester"]

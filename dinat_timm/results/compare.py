@@ -49,6 +49,8 @@ class Verdict:
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
             relative_to: Optional[str] = None) -> Verdict:
     base, new = latest(base, with_env=False), latest(new, with_env=False)
+    for frame in (base, new):
+        frame["status"] = frame["status"].fillna("ok") if "status" in frame else "ok"
     metrics = [m for m in HIGHER_IS_BETTER + LOWER_IS_BETTER if m in base.columns and m in new.columns]
     if relative_to:
         speed = [m for m in metrics if m in HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"]]
