@@ -89,10 +89,50 @@ def _names(items, sep, limit=50):
     return shown if len(items) <= limit else f"{shown}{sep}… (+{len(items) - limit} more)"
 
 
-def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, feature_cfg: dict, **kwargs):
-    """``build_model_with_cfg``, with a load failure reported as which weights failed and why."""
+def filter_checkpoint(state_dict: Dict, model: nn.Module, formats, first_conv: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """Unwrap, detect the format (``formats``: ``(name, detect(keys), convert(state_dict))``, first
+    match wins, else ours), convert, resize rpb tables to the model's kernels, validate."""
+    state_dict = unwrap_state_dict(state_dict)
+    source = "dinat_timm"
+    for name, detect, convert in formats:
+        if detect(state_dict.keys()):
+            source, state_dict = name, convert(state_dict)
+            break
+    resize_rpb_tables(state_dict, model)
+    check_converted(state_dict, model, source, first_conv=first_conv)
+    return state_dict
+
+
+def pretrained_cfg(url: str, **kwargs) -> Dict:
+    """What every DiNAT-family pretrained cfg shares; families override stem, pool size and the rest."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_ids": "arXiv:2209.15001",
+        "paper_name": "Dilated Neighborhood Attention Transformer",
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        **kwargs,
+    }
+
+
+def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num_features: int, **kwargs):
+    """``build_model_with_cfg`` with timm's feature getter over ``num_features`` stages or blocks,
+    and a load failure reported as which weights failed and why."""
     from timm.models import build_model_with_cfg
 
+    out_indices = kwargs.pop("out_indices", tuple(range(num_features)))
+    feature_cfg = dict(out_indices=out_indices, feature_cls="getter")
     try:
         return build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs

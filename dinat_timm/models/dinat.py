@@ -15,16 +15,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from ._checkpoint import (
-    build_family_model,
-    check_converted,
-    convert_original_hierarchical,
-    resize_rpb_tables,
-    unwrap_state_dict,
-)
+from ._checkpoint import build_family_model, convert_original_hierarchical, filter_checkpoint, pretrained_cfg
 from ._hierarchical import HierarchicalNAT
 
 __all__ = ["DiNAT"]
@@ -154,49 +147,26 @@ def _convert_hf(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def checkpoint_filter_fn(state_dict: Dict, model: DiNAT) -> Dict[str, torch.Tensor]:
     """Convert either published format (or ours) to this model's keys, resizing rpb to its kernel."""
-    state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith(("dinat.", "nat.")) for k in state_dict):
-        source, state_dict = "transformers", _convert_hf(state_dict)
-    elif any(k.startswith("levels.") for k in state_dict):
-        source, state_dict = "original", convert_original_hierarchical(state_dict, "levels")
-    else:
-        source = "dinat_timm"
-    resize_rpb_tables(state_dict, model)
-    check_converted(state_dict, model, source, first_conv=("patch_embed.proj.0",))
-    return state_dict
+    formats = [
+        ("transformers", lambda keys: any(k.startswith(("dinat.", "nat.")) for k in keys), _convert_hf),
+        ("original", lambda keys: any(k.startswith("levels.") for k in keys),
+         lambda sd: convert_original_hierarchical(sd, "levels")),
+    ]
+    return filter_checkpoint(state_dict, model, formats, first_conv=("patch_embed.proj.0",))
 
 
 # -- registry ---------------------------------------------------------------------------------------
 
 
 def _create_dinat(variant: str, pretrained: bool = False, **kwargs) -> DiNAT:
-    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (3, 4, 6, 5))))))
-    return build_family_model(
-        DiNAT, variant, pretrained, checkpoint_filter_fn, dict(out_indices=out_indices, feature_cls="getter"), **kwargs
-    )
+    stages = len(kwargs.get("depths", (3, 4, 6, 5)))
+    return build_family_model(DiNAT, variant, pretrained, checkpoint_filter_fn, stages, **kwargs)
 
 
 def _cfg(url: str = "", hf_hub_id: Optional[str] = None, **kwargs) -> Dict[str, Any]:
-    cfg = {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2209.15001",
-        "paper_name": "Dilated Neighborhood Attention Transformer",
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-    }
+    cfg = pretrained_cfg(url, first_conv="patch_embed.proj.0", **kwargs)
     if hf_hub_id:
         cfg["hf_hub_id"] = hf_hub_id
-    cfg.update(kwargs)
     return cfg
 
 

@@ -11,16 +11,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from ._checkpoint import (
-    build_family_model,
-    check_converted,
-    convert_original_hierarchical,
-    resize_rpb_tables,
-    unwrap_state_dict,
-)
+from ._checkpoint import build_family_model, convert_original_hierarchical, filter_checkpoint, pretrained_cfg
 from ._hierarchical import HierarchicalNAT
 
 __all__ = ["DiNAT_s"]
@@ -103,49 +96,22 @@ class DiNAT_s(HierarchicalNAT):
 
 def checkpoint_filter_fn(state_dict: Dict, model: DiNAT_s) -> Dict[str, torch.Tensor]:
     """The original ``dinats.py`` layout (``layers.i.blocks.j…``), or ours, to this model's keys."""
-    state_dict = unwrap_state_dict(state_dict)
-    source = "dinat_timm"
-    if any(k.startswith("layers.") for k in state_dict):
-        source, state_dict = "original", convert_original_hierarchical(state_dict, "layers")
-    resize_rpb_tables(state_dict, model)
-    check_converted(state_dict, model, source, first_conv=("patch_embed.proj",))
-    return state_dict
+    formats = [("original", lambda keys: any(k.startswith("layers.") for k in keys),
+                lambda sd: convert_original_hierarchical(sd, "layers"))]
+    return filter_checkpoint(state_dict, model, formats, first_conv=("patch_embed.proj",))
 
 
 def _create_dinat_s(variant: str, pretrained: bool = False, **kwargs) -> DiNAT_s:
-    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs.get("depths", (2, 2, 6, 2))))))
-    return build_family_model(
-        DiNAT_s, variant, pretrained, checkpoint_filter_fn, dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    stages = len(kwargs.get("depths", (2, 2, 6, 2)))
+    return build_family_model(DiNAT_s, variant, pretrained, checkpoint_filter_fn, stages, **kwargs)
 
 
 _URL = "https://shi-labs.com/projects/dinat/checkpoints/"
-_NAME_NOTE = (
-    "file name from the original code (dinats.py); the original DiNAT.md links '{}' instead",
-)
+_NAME_NOTE = "file name from the original code (dinats.py); the original DiNAT.md links '{}' instead"
 
 
 def _cfg(file: str, alt_file: str, **kwargs) -> Dict[str, Any]:
-    return {
-        "url": _URL + file,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2209.15001",
-        "paper_name": "Dilated Neighborhood Attention Transformer",
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-        "notes": (_NAME_NOTE[0].format(alt_file),),
-        **kwargs,
-    }
+    return pretrained_cfg(_URL + file, first_conv="patch_embed.proj", notes=(_NAME_NOTE.format(alt_file),), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

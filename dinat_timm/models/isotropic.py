@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -22,7 +21,7 @@ from timm.models._features import feature_take_indices
 from ..ops._cache import cached_constant
 from ._api import ClassifierModelMixin
 from ._blocks import NATBlock, check_image_input, init_weights
-from ._checkpoint import build_family_model, check_converted, head_fc_key, resize_rpb_tables, unwrap_state_dict
+from ._checkpoint import build_family_model, filter_checkpoint, head_fc_key, pretrained_cfg
 from .dinat_s import PatchEmbed
 
 __all__ = ["NATIsotropic", "GlobalAttentionRPB"]
@@ -194,10 +193,7 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         return self.norm(x)
 
 
-def checkpoint_filter_fn(state_dict: Dict, model: NATIsotropic) -> Dict[str, torch.Tensor]:
-    """The original ``isotropic.py`` layout (``layers.i…``, ViT-rpb's index buffers), or ours, to this model."""
-    state_dict = unwrap_state_dict(state_dict)
-    source = "original" if any(k.startswith("layers.") for k in state_dict) else "dinat_timm"
+def _convert_original(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():
         if key.endswith("relative_position_index"):
@@ -205,38 +201,23 @@ def checkpoint_filter_fn(state_dict: Dict, model: NATIsotropic) -> Dict[str, tor
         if key.startswith("layers."):
             key = "blocks." + key[len("layers."):]
         out[head_fc_key(key)] = value
-    resize_rpb_tables(out, model)
-    check_converted(out, model, source, first_conv=("patch_embed.proj",))
     return out
 
 
+def checkpoint_filter_fn(state_dict: Dict, model: NATIsotropic) -> Dict[str, torch.Tensor]:
+    """The original ``isotropic.py`` layout (``layers.i…``, ViT-rpb's index buffers), or ours, to this model."""
+    formats = [("original", lambda keys: any(k.startswith("layers.") for k in keys), _convert_original)]
+    return filter_checkpoint(state_dict, model, formats, first_conv=("patch_embed.proj",))
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> NATIsotropic:
-    out_indices = kwargs.pop("out_indices", 3)
-    return build_family_model(
-        NATIsotropic, variant, pretrained, checkpoint_filter_fn, dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    kwargs.setdefault("out_indices", 3)  # the last three blocks, as timm's ViTs
+    return build_family_model(NATIsotropic, variant, pretrained, checkpoint_filter_fn, kwargs.get("depth", 12), **kwargs)
 
 
 def _cfg(name: str, **kwargs) -> Dict[str, Any]:
-    return {
-        "url": f"https://shi-labs.com/projects/dinat/checkpoints/isotropic/{name}_in1k_224.pth",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (14, 14),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_ids": "arXiv:2209.15001",
-        "paper_name": "Dilated Neighborhood Attention Transformer",
-        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
-        **kwargs,
-    }
+    url = f"https://shi-labs.com/projects/dinat/checkpoints/isotropic/{name}_in1k_224.pth"
+    return pretrained_cfg(url, first_conv="patch_embed.proj", pool_size=(14, 14), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
