@@ -137,14 +137,15 @@ def median_seconds(fn, device: str, rounds: int, warmup: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def run_benchmark(benchmark, fn, device: str, config):
+def run_benchmark(benchmark, fn, device: str, config, rounds=None, warmup=None):
     """pytest-benchmark's pedantic mode with a device sync inside the timed call."""
 
     def timed():
         fn()
         sync(device)
 
-    rounds, warmup = int(opt(config, "rounds")), int(opt(config, "warmup"))
+    rounds = int(opt(config, "rounds")) if rounds is None else rounds
+    warmup = int(opt(config, "warmup")) if warmup is None else warmup
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
     return benchmark.stats.stats.median
 

@@ -49,9 +49,9 @@ def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
 
 
 def _is_ours(name: str) -> bool:
-    module = timm.models.get_arch_name(name) if hasattr(timm.models, "get_arch_name") else name
-    fn = timm.models._registry._model_entrypoints.get(module.split(".")[0])  # noqa: SLF001
-    return fn is not None and fn.__module__.startswith("dinat_timm.")
+    """Whether a timm model name is one of ours (so it takes ``attn_backend``)."""
+    arch = name.split(".")[0]
+    return timm.models.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("dinat_timm.")
 
 
 def make_input(cfg: StepConfig, img_size: int, requires_grad: bool = False) -> torch.Tensor:

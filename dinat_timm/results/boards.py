@@ -105,6 +105,10 @@ def build_boards(results_dir) -> dict:
     if not acc_board.empty:
         write_csv_atomic(acc_board, results_dir / "leaderboard_accuracy.csv")
         written["accuracy"] = results_dir / "leaderboard_accuracy.csv"
+    ops = read_csv(results_dir / "op_speed.csv")
+    if not ops.empty:
+        write_csv_atomic(latest(ops), results_dir / "leaderboard_op_speed.csv")
+        written["op_speed"] = results_dir / "leaderboard_op_speed.csv"
     if not speed.empty:
         speed_board = latest(speed)
         if not memory.empty:
