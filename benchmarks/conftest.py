@@ -95,9 +95,9 @@ def pytest_generate_tests(metafunc):
                     continue  # fp16 autocast is a GPU configuration
                 for cl in opt_int_list(config, "channels-last"):
                     for comp in opt_int_list(config, "compile"):
-                        for backend in (opt_list(config, "backends") if _ours(model) else ["n/a"]):
+                        for backend in (opt_list(config, "backends") if _ours(model) else ["timm"]):
                             configs.append(StepConfig(model, batch, img_size, dtype, bool(cl), bool(comp),
-                                                      "auto" if backend == "n/a" else backend, device, pretrained))
+                                                      "auto" if backend == "timm" else backend, device, pretrained))
                             ids.append(f"{model}-b{batch}-{dtype}{'-cl' if cl else ''}{'-compile' if comp else ''}-{backend}")
     metafunc.parametrize("bench_config", configs, ids=ids)
 
@@ -106,7 +106,7 @@ def config_columns(cfg, model=None) -> dict:
     """The columns every speed/memory row shares, incl. the backend ``auto`` resolved to."""
     from dinat_timm.bench.steps import _is_ours
 
-    chosen = "n/a"
+    chosen = "timm"  # the reference model's own attention
     if _is_ours(cfg.model):
         chosen = cfg.backend
         if cfg.backend == "auto":
