@@ -1,5 +1,4 @@
 import os
-from pathlib import Path
 
 # Tests never touch the network: every "pretrained" load goes through a local cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -7,11 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def load_fixture(name):
-    return torch.load(FIXTURES / name, weights_only=True)
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
@@ -36,5 +31,3 @@ def torch_hub_dir(tmp_path):
     torch.hub.set_dir(str(hub))
     yield hub
     torch.hub.set_dir(old)
-
-pytest_plugins = ["pytester"]

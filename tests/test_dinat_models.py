@@ -11,7 +11,7 @@ import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.models._checkpoint import CheckpointMismatchError
 from dinat_timm.models.dinat import checkpoint_filter_fn
 
-from _model_helpers import FIXTURES, fixture, put_in_hf_cache, serialized
+from _helpers import FIXTURES, fixture, put_in_hf_cache, serialized
 
 UPSTREAM = fixture("upstream_dinat_small.pt")
 HF = fixture("hf_dinat_small.pt")

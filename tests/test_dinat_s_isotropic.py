@@ -10,7 +10,7 @@ import dinat_timm  # noqa: F401
 from dinat_timm.models import dinat_s, isotropic
 from dinat_timm.models._checkpoint import CheckpointMismatchError
 
-from _model_helpers import FIXTURES, fixture, serialized
+from _helpers import FIXTURES, fixture, serialized
 
 SWIN_SHAPED = fixture("upstream_dinat_s_small.pt")
 ISOTROPIC = fixture("upstream_isotropic_small.pt")

@@ -5,9 +5,9 @@ import torch
 from dinat_timm.ops import available_backends, neighborhood_attention_2d
 from dinat_timm.ops.chooser import why_not
 
-from conftest import load_fixture
+from _helpers import fixture
 
-CASES = load_fixture("na2d_natten.pt")["cases"]
+CASES = fixture("na2d_natten.pt")["cases"]
 BACKENDS = ["tiled", "gather", "flex", "natten", "natten_legacy"]
 
 

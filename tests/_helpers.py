@@ -1,4 +1,4 @@
-"""Helpers shared by the model tests: loading reference fixtures through timm as a user would."""
+"""Helpers shared by the tests: the reference fixtures, and putting checkpoints where a user's caches hold them."""
 import hashlib
 from pathlib import Path
 
