@@ -52,19 +52,19 @@ def test_op_speed(benchmark, leaderboard, request, backend, shape, mode):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, size, size, 32, generator=gen).to(device).requires_grad_(backward) for _ in range(3))
     rpb = torch.randn(heads, 13, 13, generator=gen).to(device).requires_grad_(backward)
-    columns = dict(
-        suite="op", backend=backend, mode=mode, stage=stage, map_size=size, heads=heads, head_dim=32,
-        kernel_size=7, dilation=dilation, batch=batch, dtype="fp32",
-    )
     if backend == "windowed_sdpa":
-        fn = windowed_attention
-        inputs = (q, k, v)
+        fn, inputs = windowed_attention, (q, k, v)
     else:
+        if why_not(backend, q, rpb, backward) and why_not(backend, q, None, backward) is None:
+            rpb = None  # a backend without bias support (NATTEN >= 0.20) is timed without one
         reason = why_not(backend, q, rpb, backward)
         if reason:
             pytest.skip(reason)
-        inputs = (q, k, v, 7, dilation, rpb, None, backend)
-        fn = neighborhood_attention_2d
+        fn, inputs = neighborhood_attention_2d, (q, k, v, 7, dilation, rpb, None, backend)
+    columns = dict(
+        suite="op", backend=backend, mode=mode, stage=stage, map_size=size, heads=heads, head_dim=32,
+        kernel_size=7, dilation=dilation, batch=batch, dtype="fp32", rpb=int(rpb is not None),
+    )
     leaderboard.context(CSV, **columns)
     rounds, warmup = int(opt(config, "rounds")), int(opt(config, "warmup"))
     if backend in SLOW_ON_CPU and device == "cpu":

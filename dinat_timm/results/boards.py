@@ -14,7 +14,7 @@ PAPER = Path(__file__).with_name("paper.csv")
 # boards from several machines, so that their rows sit side by side rather than replace each other.
 CONFIG_COLUMNS = [
     "suite", "model", "img_size", "infer_img_size", "infer_batch_size", "train_img_size", "train_batch_size",
-    "batch", "mode", "stage", "map_size", "heads", "dilation", "dtype", "channels_last", "compile", "backend",
+    "batch", "mode", "stage", "map_size", "heads", "dilation", "rpb", "dtype", "channels_last", "compile", "backend",
     "dataset", "pretrained",
 ]
 ENV_COLUMNS = ["device", "natten", "torch"]
@@ -69,15 +69,20 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
     out = Path(out)
     speed = speed[speed.get("status", "ok") == "ok"] if "status" in speed else speed
     speed = speed.dropna(subset=["infer_samples_per_sec"]) if "infer_samples_per_sec" in speed else speed.iloc[0:0]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9, 6))
     y_col, y_label = "param_count", "params (M)"
     if not accuracy.empty and "top1_delta_vs_paper" in accuracy and accuracy["top1_delta_vs_paper"].notna().any():
         acc = accuracy[accuracy["top1_delta_vs_paper"].notna()][["model", "top1"]]
         speed = speed.merge(acc.drop_duplicates("model", keep="last"), on="model", how="inner")
         y_col, y_label = "top1", "ImageNet top-1 (%)"
-    for _, row in speed.iterrows():
-        ax.scatter(row["infer_samples_per_sec"], row[y_col])
-        ax.annotate(f"{row['model']} ({row.get('backend', '')})", (row["infer_samples_per_sec"], row[y_col]), fontsize=7)
+    for family, group in speed.groupby(speed["model"].map(_family)):
+        ax.scatter(group["infer_samples_per_sec"], group[y_col], label=family, s=30)
+        for i, (_, row) in enumerate(group.iterrows()):
+            name = row["model"] if str(row.get("backend", "")).startswith(("auto", "timm")) else f"{row['model']} [{row['backend']}]"
+            ax.annotate(name, (row["infer_samples_per_sec"], row[y_col]), fontsize=6, xytext=(4, 4 if i % 2 else -8),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.legend(fontsize=8)
     device = ", ".join(sorted(set(map(str, speed.get("device", pd.Series(dtype=str))))))
     ax.set_xlabel(f"inference images/s ({device})" if device else "inference images/s")
     ax.set_ylabel(y_label)
@@ -88,6 +93,16 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def _family(model: str) -> str:
+    if model.startswith("dinat_s_"):
+        return "DiNAT_s"
+    if "isotropic" in model or model.startswith("vitrpb"):
+        return "isotropic / ViT-rpb"
+    if model.startswith(("dinat_", "nat_")):
+        return "DiNAT / NAT"
+    return "timm reference"
 
 
 def build_boards(results_dir) -> dict:

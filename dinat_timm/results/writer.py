@@ -35,6 +35,9 @@ def write_csv_atomic(df: pd.DataFrame, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ordered = [c for c in LEADING_COLUMNS if c in df.columns] + [c for c in df.columns if c not in LEADING_COLUMNS]
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the board private to its writer
     try:
         with os.fdopen(fd, "w", newline="") as f:
             df[ordered].to_csv(f, index=False)
