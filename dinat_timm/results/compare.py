@@ -25,8 +25,9 @@ def parse_fraction(text) -> float:
 
 
 def _relative(df: pd.DataFrame, reference: str, metrics: List[str]) -> pd.DataFrame:
-    """Each speed metric divided by the reference model's, matched on the other config columns."""
-    keys = [c for c in key_columns(df, with_env=True) if c != "model"]
+    """Each speed metric divided by the reference model's, measured on the same machine with the same
+    batch, size, dtype and mode (the model's own attention backend and weights do not matter)."""
+    keys = [c for c in key_columns(df, with_env=True) if c not in ("model", "backend", "pretrained")]
     ref = df[df["model"] == reference][keys + metrics].rename(columns={m: f"__ref_{m}" for m in metrics})
     if ref.empty:
         raise SystemExit(f"--relative-to {reference!r}: no rows of that model to divide by")
@@ -72,7 +73,10 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
             continue
         for m in metrics:
             b, n = r.get(f"{m}_base"), r.get(f"{m}_new")
-            if pd.isna(b) or pd.isna(n) or b == 0:
+            if pd.isna(b) or b == 0:
+                continue
+            if pd.isna(n):
+                rows.append(dict(config=label, metric=m, base=b, new=None, change="not measured", regression=True))
                 continue
             slowdown = (1 - n / b) if m in HIGHER_IS_BETTER else (n / b - 1)
             rows.append(dict(config=label, metric=m + (f" / {relative_to}" if relative_to and m in HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"] else ""),

@@ -26,8 +26,12 @@ def available() -> Optional[str]:
 def supports(query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool) -> Optional[str]:
     if rpb is not None:
         return "natten >= 0.20 has no relative position bias; use backend='tiled' (or natten <= 0.17)"
-    if needs_grad and query.device.type == "cpu":
-        return "natten >= 0.20 has no backward on CPU (its CPU path is forward-only flex attention)"
+    if query.device.type == "cpu":
+        if needs_grad:
+            return "natten >= 0.20 has no backward on CPU (its CPU path is forward-only flex attention)"
+        dim = query.shape[-1]
+        if not (8 <= dim <= 512 and dim & (dim - 1) == 0):
+            return f"natten >= 0.20's CPU (flex) path takes head_dim a power of two in [8, 512], got {dim}"
     return None
 
 
