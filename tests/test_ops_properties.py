@@ -1,7 +1,7 @@
 """Backends against the reference gather on random shapes, in low precision, and bad input."""
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dinat_timm.ops import choose_backend, neighborhood_attention_2d
@@ -63,14 +63,14 @@ def test_tiled_is_exact_for_every_tile_size(tile, problem):
 
 
 @pytest.mark.parametrize("backend", ["flex", "natten"])
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(problems())
 def test_other_backends_match_reference_forward(backend, problem):
+    if why_not(backend, torch.empty(1, 1, 9, 9, 8), None, needs_grad=False) is not None:
+        pytest.skip(why_not(backend, torch.empty(1, 1, 9, 9, 8), None, needs_grad=False))
     batch, heads, height, width, dim, ks, dil, with_rpb, seed = problem
     q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, with_rpb, seed)
-    reason = why_not(backend, q, rpb, needs_grad=False)
-    if reason:
-        pytest.skip(reason)
+    assume(why_not(backend, q, rpb, needs_grad=False) is None)  # e.g. natten >= 0.20 and a bias
     ref = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend="gather")
     out = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend=backend)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
