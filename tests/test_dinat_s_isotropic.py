@@ -133,13 +133,19 @@ def test_isotropic_intermediates_and_pruning():
     assert [f.shape[1:] for f in features(x)] == [(64, 14, 14), (64, 14, 14)]
 
 
-@pytest.mark.parametrize("arch,kwargs", [("dinat_s_tiny", dinat_s_kwargs()), ("dinat_isotropic_small", isotropic_kwargs())])
+HIERARCHICAL_SMALL = dict(embed_dim=32, depths=(2, 2, 3, 2), num_heads=(1, 2, 4, 8), layer_scale=1e-5,
+                         dilations=[[1, 8], [1, 4], [1, 2, 1], [1, 1]], num_classes=10)
+
+
+@pytest.mark.parametrize("arch,kwargs", [("dinat_tiny", HIERARCHICAL_SMALL), ("dinat_s_tiny", dinat_s_kwargs()),
+                                         ("dinat_isotropic_small", isotropic_kwargs())])
 def test_grad_checkpointing_same_gradients(arch, kwargs):
     torch.manual_seed(0)
     model = timm.create_model(arch, drop_path_rate=0.0, **kwargs)
     x = torch.randn(2, 3, 64, 64)
     model(x).square().mean().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(g.abs().sum() > 0 for n, g in ref.items() if n.endswith(".rpb"))
     model.zero_grad()
     model.set_grad_checkpointing(True)
     model(x).square().mean().backward()

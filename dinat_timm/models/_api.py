@@ -1,12 +1,13 @@
 """The part of timm's model API that every family implements the same way."""
 from __future__ import annotations
 
-from typing import Optional, Set
+from typing import Callable, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
+from timm.models._features import feature_take_indices
 
-from ._blocks import NeighborhoodAttention2d
+from ._blocks import NeighborhoodAttention2d, check_image_input
 
 
 class ClassifierModelMixin:
@@ -33,6 +34,31 @@ class ClassifierModelMixin:
         for module in self.modules():
             if isinstance(module, NeighborhoodAttention2d):
                 module.backend = backend
+
+    def _run_collecting(
+        self,
+        units: nn.Sequential,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]],
+        norm_tap: Callable[[int, torch.Tensor], torch.Tensor],
+        stop_early: bool,
+        output_fmt: str,
+    ):
+        """Stem, then ``units`` (stages or blocks) in order, keeping the outputs ``indices`` asks
+        for (``norm_tap(i, x)`` may normalise one); returns (x, intermediates, index of last unit run)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        check_image_input(x, self.in_chans, self.min_input_size)
+        take_indices, max_index = feature_take_indices(len(units), indices)
+        x = self.pos_drop(self.patch_embed(x))
+        run = units if torch.jit.is_scripting() or not stop_early else units[: max_index + 1]
+        intermediates, i = [], 0
+        for i, unit in enumerate(run):
+            x = unit(x)
+            if i in take_indices:
+                tap = norm_tap(i, x)
+                intermediates.append(tap.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else tap)
+        return x, intermediates, i
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)

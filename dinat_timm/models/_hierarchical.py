@@ -148,25 +148,15 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs (``indices``: last n if int, else which), NCHW or NHWC, and the final features."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image_input(x, self.in_chans, self.min_input_size)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.pos_drop(self.patch_embed(x))
         last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        i = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm and i == last else x
-                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x_inter)
+
+        def tap(i, x):  # the final norm is sized for, and only applied to, the last stage
+            return self.norm(x) if norm and i == last else x
+
+        x, intermediates, ran = self._run_collecting(self.stages, x, indices, tap, stop_early, output_fmt)
         if intermediates_only:
             return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
+        return (self.norm(x) if ran == last else x), intermediates
 
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True

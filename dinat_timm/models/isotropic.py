@@ -156,21 +156,9 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Block outputs (``indices``: last n if int, else which), NCHW or NHWC, and the final features."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image_input(x, self.in_chans, self.min_input_size)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self.pos_drop(self.patch_embed(x))
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm else x
-                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else x_inter)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        tap = (lambda i, x: self.norm(x)) if norm else (lambda i, x: x)
+        x, intermediates, _ = self._run_collecting(self.blocks, x, indices, tap, stop_early, output_fmt)
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
 
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
