@@ -29,7 +29,7 @@ OPTIONS = {
     "batch-size": ("8", "batch size for throughput and memory"),
     "eval-batch-size": ("32", "batch size for accuracy"),
     "img-size": ("", "input size override (default: the model's pretrained cfg)"),
-    "dtypes": ("fp32", "comma list of fp32, bf16, fp16 (fp16/bf16 run under autocast on GPU)"),
+    "dtypes": ("fp32", "comma list of fp32, bf16, fp16 (bf16/fp16 run under autocast; fp16 on GPU only)"),
     "channels-last": ("0", "comma list of 0/1"),
     "compile": ("0", "comma list of 0/1: torch.compile the model"),
     "backends": ("auto", "comma list of attention backends for the models (auto, tiled, natten, natten_legacy, flex)"),
