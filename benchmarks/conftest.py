@@ -63,14 +63,7 @@ def opt_int_list(config, name):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "leaderboard(csv): the CSV (under --results-dir) a benchmark's rows go to")
     config._leaderboard_rows = 0
-
-
-def _ours(model: str) -> bool:
-    from dinat_timm.bench.steps import _is_ours
-
-    return _is_ours(model)
 
 
 def pytest_generate_tests(metafunc):
@@ -80,7 +73,7 @@ def pytest_generate_tests(metafunc):
     if "bench_config" not in metafunc.fixturenames:
         return
     import dinat_timm  # noqa: F401  (registers the models for the name checks below)
-    from dinat_timm.bench.steps import StepConfig
+    from dinat_timm.bench.steps import StepConfig, is_dinat_model
 
     config = metafunc.config
     device = opt(config, "device")
@@ -95,7 +88,7 @@ def pytest_generate_tests(metafunc):
                     continue  # fp16 autocast is a GPU configuration
                 for cl in opt_int_list(config, "channels-last"):
                     for comp in opt_int_list(config, "compile"):
-                        for backend in (opt_list(config, "backends") if _ours(model) else ["timm"]):
+                        for backend in (opt_list(config, "backends") if is_dinat_model(model) else ["timm"]):
                             configs.append(StepConfig(model, batch, img_size, dtype, bool(cl), bool(comp),
                                                       "auto" if backend == "timm" else backend, device, pretrained))
                             ids.append(f"{model}-b{batch}-{dtype}{'-cl' if cl else ''}{'-compile' if comp else ''}-{backend}")
@@ -104,10 +97,10 @@ def pytest_generate_tests(metafunc):
 
 def config_columns(cfg, model=None) -> dict:
     """The columns every speed/memory row shares, incl. the backend ``auto`` resolved to."""
-    from dinat_timm.bench.steps import _is_ours
+    from dinat_timm.bench.steps import is_dinat_model
 
     chosen = "timm"  # the reference model's own attention
-    if _is_ours(cfg.model):
+    if is_dinat_model(cfg.model):
         chosen = cfg.backend
         if cfg.backend == "auto":
             from dinat_timm.ops import choose_backend

@@ -6,7 +6,7 @@ the same pipeline and its rows go to ``accuracy_generated.csv``, marked ``genera
 """
 import pytest
 
-from conftest import opt, opt_list
+from conftest import opt
 from dinat_timm.bench.accuracy import GENERATED_TAG, evaluate, make_tiny_dataset
 
 

@@ -5,7 +5,7 @@ that speed can be read — and compared in CI — as a ratio to them on the same
 """
 import pytest
 
-from conftest import config_columns, opt, run_benchmark
+from conftest import config_columns, run_benchmark
 from dinat_timm.bench.steps import build_model, count_gmacs, inference_step, param_count, resolve_img_size, train_step
 
 CSV = "throughput.csv"

@@ -16,7 +16,7 @@ from PIL import Image
 import dinat_timm  # noqa: F401
 from dinat_timm.bench.accuracy import evaluate, make_tiny_dataset
 from dinat_timm.results import append_rows, read_csv, rows_from_benchmark_json
-from dinat_timm.results.boards import accuracy_board, build_boards, merge
+from dinat_timm.results.boards import build_boards
 from dinat_timm.results.compare import compare
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     extra = {}
-    if cfg.backend != "auto" and _is_ours(cfg.model):
+    if cfg.backend != "auto" and is_dinat_model(cfg.model):
         extra["attn_backend"] = cfg.backend
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **extra, **kwargs)
     model.to(cfg.device)
@@ -48,7 +48,7 @@ def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
     return model
 
 
-def _is_ours(name: str) -> bool:
+def is_dinat_model(name: str) -> bool:
     """Whether a timm model name is one of ours (so it takes ``attn_backend``)."""
     arch = name.split(".")[0]
     return timm.models.is_model(arch) and timm.models.model_entrypoint(arch).__module__.startswith("dinat_timm.")
@@ -104,7 +104,7 @@ def count_gmacs(model_name: str, img_size: Optional[int] = None) -> float:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    kwargs = {"attn_backend": "gather"} if _is_ours(model_name) else {}
+    kwargs = {"attn_backend": "gather"} if is_dinat_model(model_name) else {}
     model = timm.create_model(model_name, **kwargs).eval()
     size = resolve_img_size(model, img_size)
     counter = FlopCounterMode(display=False)
