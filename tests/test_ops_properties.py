@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from dinat_timm.ops import choose_backend, neighborhood_attention_2d
 from dinat_timm.ops.chooser import preference, why_not
-from dinat_timm.ops.geometry import neighborhood_1d
+from dinat_timm.ops.geometry import neighborhood_1d, padded_halo_fits
 
 
 @st.composite
@@ -49,17 +49,55 @@ def test_tiled_matches_reference_forward_and_backward(problem):
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("tile", [3, 4, 5, 8])
-@settings(max_examples=10, deadline=None)
+@pytest.mark.parametrize("tile", [3, 5, 8, (4, 7), (7, 4), (2, 9)], ids=str)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_tiled_is_exact_for_every_tile_size(tile, problem):
+    """Tiles of any shape (partial last tiles, whole sub-grids, the indexed fallback), both ways."""
     from dinat_timm.ops.backends import tiled
 
     batch, heads, height, width, dim, ks, dil, with_rpb, seed = problem
     q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, with_rpb, seed)
-    ref = neighborhood_attention_2d(q, k, v, ks, dil, rpb, backend="gather")
-    out = tiled.neighborhood_attention(q, k, v, ks, dil, rpb, dim**-0.5, tile=tile)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    ref_out, ref_grads = _grads("gather", q, k, v, ks, dil, rpb)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)] + ([] if rpb is None else [rpb.clone().requires_grad_()])
+    out = tiled.neighborhood_attention(*leaves[:3], ks, dil, leaves[3] if rpb is not None else None, dim**-0.5, tile=tile)
+    out.backward(torch.ones_like(out) * torch.linspace(-1, 1, out.shape[-1]))
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for leaf, r in zip(leaves, ref_grads):
+        torch.testing.assert_close(leaf.grad, r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9, 11])
+def test_padded_halo_fits_exactly_when_every_window_lies_in_its_tiles_halo(kernel_size):
+    """The strip path's precondition, checked against the neighborhoods themselves."""
+    half = kernel_size // 2
+    for dilation in (1, 2, 3):
+        for length in range(kernel_size * dilation, kernel_size * dilation + 30):
+            sub_len = -(-length // dilation)
+            neighbors, _ = neighborhood_1d(length, kernel_size, dilation, None)
+            for tile in range(1, 12):
+                if tile >= sub_len or length % dilation:
+                    assert not padded_halo_fits(length, kernel_size, dilation, tile)
+                    continue
+                inside = all(
+                    first - half <= neighbors[p * dilation].min() // dilation
+                    and neighbors[p * dilation].max() // dilation < first + tile + half
+                    for first in range(0, sub_len, tile)
+                    for p in range(first, min(first + tile, sub_len))
+                )
+                assert padded_halo_fits(length, kernel_size, dilation, tile) == inside, (length, dilation, tile)
+
+
+def test_strip_halos_keep_images_apart():
+    """Halos read past their strip into masked slack; that slack is per image, so a non-finite
+    key in one image leaves every other image exact."""
+    q, k, v, rpb = _inputs(3, 2, 28, 28, 16, 7, True, 0)
+    k[1, 0, 0, 0] = float("nan")
+    v[1, 1, 27, 27] = float("inf")
+    ref = neighborhood_attention_2d(q, k, v, 7, 1, rpb, backend="gather")
+    out = neighborhood_attention_2d(q, k, v, 7, 1, rpb, backend="tiled")
+    torch.testing.assert_close(out[[0, 2]], ref[[0, 2]], atol=1e-5, rtol=1e-5)
+    assert not out[1].isfinite().all()
 
 
 @pytest.mark.parametrize("backend", ["flex", "natten"])

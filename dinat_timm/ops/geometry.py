@@ -55,14 +55,16 @@ def padded_halo_fits(length: int, kernel_size: int, dilation: int, tile: int) ->
     """True when tiles of ``tile`` positions can take keys from a sub-grid padded by ``k//2``.
 
     Then every halo starts ``k//2`` before its tile, a fixed stride, so halos are strided views
-    (``unfold``) of one padded tensor instead of gathers. It holds when every sub-grid has the
-    same length, the tiles cover it exactly, and a tile is wider than half a kernel (so that the
-    clamped windows at both borders stay inside their tile's halo).
+    of one padded tensor instead of gathers. It holds when every sub-grid has the same length, a
+    tile is wider than half a kernel (the window clamped at the start stays inside the first
+    halo) and the last tile starts no later than the window clamped at the end does, plus
+    ``k//2`` (a last tile may be partial: its extra slots are padding).
     """
     if length % dilation:
         return False
-    sub_len = length // dilation
-    return sub_len % tile == 0 and tile > kernel_size // 2 and sub_len > tile
+    sub_len, half = length // dilation, kernel_size // 2
+    last_start = (-(-sub_len // tile) - 1) * tile
+    return tile > half and sub_len > tile and last_start <= sub_len - kernel_size + half
 
 
 @cached_constant(maxsize=256)
@@ -80,7 +82,6 @@ def tile_axis(length: int, kernel_size: int, dilation: int, tile: int, padded: b
     longest = -(-length // d)
     tile = max(1, min(tile, longest))
     n_tiles = -(-longest // tile)
-    halo = tile + k - 1 if padded else min(tile + k - 1, longest)
     groups = d * n_tiles
 
     sub = torch.arange(d).repeat_interleave(n_tiles)  # [groups]
@@ -90,6 +91,9 @@ def tile_axis(length: int, kernel_size: int, dilation: int, tile: int, padded: b
     q_pos = first[:, None] + torch.arange(tile)  # [groups, tile]
     q_valid_pos = torch.minimum(q_pos, sub_len[:, None] - 1)
     q_start = _window_start(q_valid_pos, sub_len[:, None], k)
+    # gathered halos only need the union of their tile's windows, shorter than tile + k - 1 at
+    # clamped borders (two 7-wide tiles of a 14-long axis need 10 keys, not 13)
+    halo = tile + k - 1 if padded else int((q_start[:, -1] - q_start[:, 0]).max()) + k
 
     if padded:
         halo_start = first - k // 2
