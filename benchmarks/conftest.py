@@ -116,30 +116,27 @@ def sync(device: str):
         torch.cuda.synchronize(torch.device(device))
 
 
-def median_seconds(fn, device: str, rounds: int, warmup: int) -> float:
-    """Median wall time of ``fn()``, synchronising the device around each call."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def run_benchmark(benchmark, fn, device: str, config, rounds=None, warmup=None, between=None):
+    """pytest-benchmark's pedantic mode with a device sync inside the timed call.
 
-
-def run_benchmark(benchmark, fn, device: str, config, rounds=None, warmup=None):
-    """pytest-benchmark's pedantic mode with a device sync inside the timed call."""
+    ``between`` (untimed by pytest-benchmark) runs before every round, warm-up included: a
+    yardstick timed there alternates with ``fn`` round by round, so a ratio of the two is
+    immune to the machine's drift during the test.
+    """
 
     def timed():
         fn()
         sync(device)
 
+    def setup():
+        if between is not None:
+            sync(device)
+            between()
+            sync(device)
+
     rounds = int(opt(config, "rounds")) if rounds is None else rounds
     warmup = int(opt(config, "warmup")) if warmup is None else warmup
-    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    benchmark.pedantic(timed, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
     return benchmark.stats.stats.median
 
 
