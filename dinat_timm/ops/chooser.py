@@ -2,9 +2,10 @@
 
 Only exact backends are candidates, in order of measured or documented speed for the device:
 
-- CPU: ``tiled``. On 2 threads it ran DiNAT-tiny's stage shapes in 1.3–3.4× (forward) the time of
-  Swin-style 7×7 window attention on the same tokens, where NATTEN 0.15's CPU kernels took
-  5.9–9.8× and the NATTEN >= 0.20 / flex paths are unfused and forward-only on CPU.
+- CPU: ``tiled``. On 2 threads it ran DiNAT-tiny's stage shapes in 1.3–2.5× (forward) and
+  1.3–3.8× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens,
+  where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the NATTEN >= 0.20 / flex paths
+  are unfused and forward-only on CPU (`results/leaderboard_op_speed.csv`).
 - CUDA: NATTEN's fused kernels when they can compute the call (``natten`` has no bias, so only
   without ``rpb``; ``natten_legacy`` with it), then ``tiled`` (SDPA's fused kernels with a
   bias gradient). Under ``torch.compile`` the compiled ``flex`` kernel goes before ``tiled``.
