@@ -123,7 +123,7 @@ def _indexed_layout(height, width, kernel_size, dilation, tile, device):
 
 
 def _additive_bias(bias_index, rpb, heads, kernel_size, dtype):
-    """``[heads, tiles, t², halo²]``: rpb where a key is in the query's neighborhood, -inf elsewhere."""
+    """``[heads, tiles, queries, keys]``: rpb where a key is in the query's neighborhood, else -inf."""
     span = 2 * kernel_size - 1
     if rpb is None:
         table = torch.zeros(1, span * span, dtype=dtype, device=bias_index.device)
@@ -141,7 +141,7 @@ def _mask_only(layout_fn, args, dtype):
 
 
 def _bias(lay, layout_fn, args, rpb, heads, dtype):
-    """Tile-major ``[heads·tiles, 1, t², halo²]`` additive bias (the mask alone when no rpb)."""
+    """Tile-major ``[heads·tiles, 1, queries, keys]`` additive bias (the mask alone when no rpb)."""
     index = lay["bias_index"]
     if rpb is None:
         bias = _mask_only(layout_fn, args, dtype).expand(heads, *index.shape)
