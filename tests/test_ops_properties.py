@@ -213,3 +213,15 @@ def test_tiled_under_torch_compile_is_one_graph_forward_and_backward():
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     for leaf, r in zip(leaves, ref_grads):
         torch.testing.assert_close(leaf.grad, r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 25, 40, 8, 5, 5), (1, 3, 56, 56, 8, 7, 1), (2, 1, 14, 21, 4, 7, 1)])
+def test_tiled_fp64_is_exact_to_fp64_precision(shape):
+    """No hidden fp32 step: forward and backward in fp64 agree with the reference to ~1e-12."""
+    batch, heads, height, width, dim, ks, dil = shape
+    q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, True, 3, dtype=torch.float64)
+    ref_out, ref_grads = _grads("gather", q, k, v, ks, dil, rpb)
+    out, grads = _grads("tiled", q, k, v, ks, dil, rpb)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-10)

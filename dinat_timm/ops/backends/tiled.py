@@ -188,7 +188,8 @@ class _BiasedAttention(torch.autograd.Function):
 
 def _attention_backward(q, k, v, bias, out, lse, grad_out, scale):
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(bias)
-    probs = scores.float().sub_(lse.unsqueeze(-1)).exp_().to(q.dtype)
+    # exp in at least fp32 (half inputs), never below the inputs' own precision (fp64)
+    probs = scores.to(torch.promote_types(scores.dtype, torch.float32)).sub_(lse.unsqueeze(-1)).exp_().to(q.dtype)
     grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
     grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))
     delta = (grad_out * out).sum(-1, keepdim=True)
