@@ -60,7 +60,8 @@ def test_tiled_is_exact_for_every_tile_size(tile, problem):
     q, k, v, rpb = _inputs(batch, heads, height, width, dim, ks, with_rpb, seed)
     ref_out, ref_grads = _grads("gather", q, k, v, ks, dil, rpb)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)] + ([] if rpb is None else [rpb.clone().requires_grad_()])
-    out = tiled.neighborhood_attention(*leaves[:3], ks, dil, leaves[3] if rpb is not None else None, dim**-0.5, tile=tile)
+    rpb_leaf = leaves[3] if rpb is not None else None
+    out = tiled.neighborhood_attention(*leaves[:3], ks, dil, rpb_leaf, dim**-0.5, tile=tile)
     out.backward(torch.ones_like(out) * torch.linspace(-1, 1, out.shape[-1]))
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
     for leaf, r in zip(leaves, ref_grads):

@@ -73,10 +73,11 @@ def tile_axis(length: int, kernel_size: int, dilation: int, tile: int, padded: b
 
     Queries of a tile have nondecreasing window starts that grow by at most one per step, so the
     union of their windows is a contiguous run of at most ``tile + k - 1`` sub-grid positions
-    (fewer where the borders clamp them); the halo is the longest such union. Sub-grids shorter than the longest (when ``d`` does not divide ``L``) get padded slots that
-    point at a valid position and are masked out or dropped. With ``padded`` (see
-    ``padded_halo_fits``) halos start ``k//2`` before their tile, in a sub-grid padded on both
-    sides; ``key_index`` then counts from the padded start.
+    (fewer where the borders clamp them); the halo is the longest such union. Sub-grids shorter
+    than the longest (when ``d`` does not divide ``L``) get padded slots that point at a valid
+    position and are masked out or dropped. With ``padded`` (see ``padded_halo_fits``) halos
+    start ``k//2`` before their tile, in a sub-grid padded on both sides; ``key_index`` then
+    counts from the padded start.
     """
     d, k = dilation, kernel_size
     longest = -(-length // d)
