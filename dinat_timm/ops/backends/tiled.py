@@ -175,28 +175,38 @@ class _BiasedAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grads = [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(bias)]
-        per_tile = q.shape[1] * q.shape[2] * k.shape[2] * q.element_size()
-        step = max(1, _BACKWARD_CHUNK_BYTES // per_tile)
-        for start in range(0, q.shape[0], step):
-            sl = slice(start, start + step)
-            parts = _attention_backward(q[sl], k[sl], v[sl], bias[sl], out[sl], lse[sl], grad_out[sl], ctx.scale)
-            for grad, part in zip(grads, parts):
-                grad[sl] = part
-        return (*grads, None)
+        tiles, batch = q.shape[:2]
+
+        def image_major(t):  # [tiles, B, ...] whose tiles of one image are one contiguous block
+            return t.new_empty(batch, tiles, *t.shape[2:]).transpose(0, 1)
+
+        grad_q, grad_k, grad_v, grad_bias = image_major(q), image_major(k), image_major(v), torch.zeros_like(bias)
+        step = max(1, _BACKWARD_CHUNK_BYTES // (q.shape[2] * k.shape[2] * q.element_size()))
+        # one image at a time: every operand is then a 3-D batch of matrices with one stride
+        # per tile, which bmm reads in place, the overlapping key halos included
+        for b in range(batch):
+            for start in range(0, tiles, step):
+                sl = slice(start, start + step)
+                inputs = (q[sl, b], k[sl, b], v[sl, b], bias[sl, 0], out[sl, b], lse[sl, b], grad_out[sl, b])
+                grads = (grad_q[sl, b], grad_k[sl, b], grad_v[sl, b], grad_bias[sl, 0])
+                _attention_backward(*inputs, ctx.scale, grads)
+        return grad_q, grad_k, grad_v, grad_bias, None
 
 
-def _attention_backward(q, k, v, bias, out, lse, grad_out, scale):
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(bias)
+def _attention_backward(q, k, v, bias, out, lse, grad_out, scale, grads):
+    """Gradients of one image's chunk of tiles (``[tiles, L or S, D]``), written into ``grads``;
+    the bias's is accumulated over images."""
+    grad_q, grad_k, grad_v, grad_bias = grads
+    scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale).add_(bias)
     # exp in at least fp32 (half inputs), never below the inputs' own precision (fp64)
     probs = scores.to(torch.promote_types(scores.dtype, torch.float32)).sub_(lse.unsqueeze(-1)).exp_().to(q.dtype)
-    grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)
-    grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))
+    torch.bmm(probs.transpose(1, 2), grad_out, out=grad_v)
+    grad_probs = torch.bmm(grad_out, v.transpose(1, 2))
     delta = (grad_out * out).sum(-1, keepdim=True)
     grad_scores = probs.mul_(grad_probs.sub_(delta))
-    grad_q = torch.matmul(grad_scores, k).mul_(scale)
-    grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(scale)
-    return grad_q, grad_k, grad_v, grad_scores.sum(1, keepdim=True)
+    torch.bmm(grad_scores, k, out=grad_q).mul_(scale)
+    torch.bmm(grad_scores.transpose(1, 2), q, out=grad_k).mul_(scale)
+    grad_bias.add_(grad_scores)
 
 
 def _attention(q, k, v, bias, scale):
