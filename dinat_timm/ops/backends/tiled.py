@@ -180,7 +180,9 @@ class _BiasedAttention(torch.autograd.Function):
         def image_major(t):  # [tiles, B, ...] whose tiles of one image are one contiguous block
             return t.new_empty(batch, tiles, *t.shape[2:]).transpose(0, 1)
 
-        grad_q, grad_k, grad_v, grad_bias = image_major(q), image_major(k), image_major(v), torch.zeros_like(bias)
+        # the bias's gradient sums over images: accumulate it in at least fp32, as one sum would
+        grad_bias = torch.zeros_like(bias, dtype=torch.promote_types(bias.dtype, torch.float32))
+        grad_q, grad_k, grad_v = image_major(q), image_major(k), image_major(v)
         step = max(1, _BACKWARD_CHUNK_BYTES // (q.shape[2] * k.shape[2] * q.element_size()))
         # one image at a time: every operand is then a 3-D batch of matrices with one stride
         # per tile, which bmm reads in place, the overlapping key halos included
@@ -190,7 +192,7 @@ class _BiasedAttention(torch.autograd.Function):
                 inputs = (q[sl, b], k[sl, b], v[sl, b], bias[sl, 0], out[sl, b], lse[sl, b], grad_out[sl, b])
                 grads = (grad_q[sl, b], grad_k[sl, b], grad_v[sl, b], grad_bias[sl, 0])
                 _attention_backward(*inputs, ctx.scale, grads)
-        return grad_q, grad_k, grad_v, grad_bias, None
+        return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype), None
 
 
 def _attention_backward(q, k, v, bias, out, lse, grad_out, scale, grads):
