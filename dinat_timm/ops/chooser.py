@@ -3,7 +3,7 @@
 Only exact backends are candidates, in order of measured or documented speed for the device:
 
 - CPU: ``tiled``. On 2 threads it ran DiNAT-tiny's stage shapes in 1.2–2.9× (forward) and
-  1.2–3.4× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens,
+  1.2–3.5× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens,
   where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the NATTEN >= 0.20 / flex paths
   are unfused and forward-only on CPU (`results/leaderboard_op_speed.csv`).
 - CUDA: NATTEN's fused kernels when they can compute the call (``natten`` has no bias, so only
