@@ -1,0 +1,280 @@
+"""Fused neighborhood attention with relative position bias in Triton, forward and backward.
+
+The kernels (``_triton_kernels.py``) never write scores, probabilities or the bias to memory, and
+read each query tile's key halo once. They are wrapped as PyTorch custom ops
+(``torch.ops.dinat_timm.na2d_fwd`` / ``na2d_bwd``) with fake implementations and autograd, so
+``torch.compile(model, fullgraph=True)`` traces through them without a graph break.
+
+Runs on CUDA GPUs. On CPU tensors it runs only under Triton's interpreter (``TRITON_INTERPRET=1``
+set before the kernels are first used), which is how the tests check it without a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Optional, Tuple
+
+import torch
+
+NAME = "triton"
+COMPILES = True  # custom ops with fake implementations: no graph break
+MAX_HEAD_DIM = 128
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TILE = 8  # query (forward, dQ) and key (dK/dV) tiles are 8×8 positions of one dilation sub-grid
+
+
+def available() -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (it ships with PyTorch's CUDA wheels)"
+    if not (torch.cuda.is_available() or _interpreting()):
+        return "no CUDA GPU (on CPU the triton backend runs only under TRITON_INTERPRET=1, Triton's interpreter)"
+    return None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _kernels():
+    from . import _triton_kernels  # imported on first use: triton's import is not free
+
+    return _triton_kernels
+
+
+def _kernels_interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_kernels().na2d_fwd_kernel, InterpretedFunction)
+
+
+def supports(query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool) -> Optional[str]:
+    device = query.device.type
+    if device == "cpu":
+        if not _interpreting():
+            return "the triton backend runs on CUDA; CPU tensors need TRITON_INTERPRET=1 (Triton's interpreter)"
+        if not _kernels_interpreted():
+            return "TRITON_INTERPRET=1 was set after the triton kernels were compiled for the GPU; set it before first use"
+    elif device != "cuda":
+        return f"the triton backend runs on CUDA tensors, got {query.device}"
+    if query.dtype not in DTYPES:
+        return f"the triton backend takes float32, bfloat16 or float16, got {query.dtype}"
+    if device == "cuda" and query.dtype == torch.bfloat16 and torch.cuda.get_device_capability(query.device) < (8, 0):
+        return "bfloat16 needs a GPU of compute capability 8.0 or newer"
+    if query.shape[-1] > MAX_HEAD_DIM:
+        return f"the triton backend takes head_dim <= {MAX_HEAD_DIM}, got {query.shape[-1]}"
+    return None
+
+
+# -- launch configuration ------------------------------------------------------------------------------
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _config(kernel_size: int, head_dim: int) -> dict:
+    """The configuration used where nothing is timed (Triton's interpreter, or
+    ``DINAT_TRITON_AUTOTUNE=0``): the middle candidate of each kernel, none of which spills
+    registers on sm_90 at DiNAT's k=7, head_dim=32 (by ``cuobjdump -res-usage``)."""
+    fwd, dq, dkdv = _candidates(kernel_size, head_dim)
+    return dict(fwd=fwd[len(fwd) // 2], dq=dq[0], dkdv=dkdv[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _candidates(kernel_size: int, head_dim: int):
+    """Launch configurations worth timing, per kernel. Queries (forward, dQ) and keys (dK/dV) come
+    in 8×8 tiles; the forward and dQ read the key halo (``HALO_C`` columns, a power of two)
+    ``CHUNK_R`` rows at a time. More keys a chunk means fewer loop trips but more registers, and
+    dQ holds four score-sized tiles (s, p, dp, ds) at once, so it gets half the forward's keys."""
+    block_d = max(16, _pow2(head_dim))
+    halo_c = _pow2(_TILE + kernel_size - 1)
+    rows = _TILE + kernel_size - 1
+    wide = block_d > 64
+
+    def chunks(key_counts):
+        out = []
+        for keys in key_counts:
+            c = min(max(2, keys // halo_c), _pow2(rows))  # 8·c rows feed tl.dot, which takes >= 16
+            if c not in out:
+                out.append(c)
+        return out
+
+    base = dict(TILE_R=_TILE, TILE_C=_TILE, HALO_C=halo_c, BLOCK_D=block_d)
+    fwd = [dict(meta=dict(base, CHUNK_R=c), num_warps=8)
+           for c in chunks((128, 64, 32) if wide else (256, 128, 64))]
+    dq = []
+    for c in chunks((64, 32, 16) if wide else (128, 64, 32)):
+        covered = -(-rows // c) * c
+        bins = dict(BINS_R=_pow2(covered + _TILE - 1), BINS_C=_pow2(halo_c + _TILE - 1))
+        dq.append(dict(meta=dict(base, CHUNK_R=c, **bins), num_warps=8))
+    dkdv = [dict(meta=dict(TILE_R=_TILE, TILE_C=_TILE, CHUNK_QR=qr, CHUNK_QC=16, BLOCK_D=block_d), num_warps=warps)
+            for qr, warps in ((8, 8), (4, 8), (4, 4))]
+    return fwd, dq, dkdv
+
+
+def _autotuning(t: torch.Tensor) -> bool:
+    return t.is_cuda and not _kernels_interpreted() and os.environ.get("DINAT_TRITON_AUTOTUNE", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(kernel_name: str, which: str, kernel_size: int, head_dim: int):
+    """The kernel wrapped in Triton's autotuner over this shape's candidates (timed once per
+    dtype and head_dim, at first use). Every candidate writes all its outputs without
+    accumulating, so the autotuner's repeated runs leave nothing behind."""
+    import triton
+
+    index = {"fwd": 0, "dq": 1, "dkdv": 2}[which]
+    configs = [triton.Config(c["meta"], num_warps=c["num_warps"], num_stages=1)
+               for c in _candidates(kernel_size, head_dim)[index]]
+    return triton.autotune(configs=configs, key=["head_dim", "HAS_RPB"])(getattr(_kernels(), kernel_name))
+
+
+def _launch(kernel_name: str, which: str, grid, args, constexprs: dict, probe: torch.Tensor):
+    kernel_size, head_dim = constexprs["KS"], probe.shape[-1]
+    if _autotuning(probe):
+        _tuned(kernel_name, which, kernel_size, head_dim)[grid](*args, **constexprs)
+    else:
+        cfg = _config(kernel_size, head_dim)[which]
+        getattr(_kernels(), kernel_name)[grid](*args, **constexprs, **cfg["meta"], num_warps=cfg["num_warps"], num_stages=1)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: three TF32 tensor-core products per product (~fp32 accuracy; plain TF32, Triton's
+    # default, is off by ~1e-3, and "ieee" compiles to scalar FMAs that spill kilobytes of stack)
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return dtype != torch.float32 and _kernels_interpreted()
+
+
+def _strides(t: torch.Tensor):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _like_channels_last(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A new ``[B, heads, H, W, D]`` tensor laid out as ``[B, H, W, heads, D]``: the layout the
+    models read back (``permute`` + ``reshape`` to channels is then free)."""
+    b, n, h, w, d = t.shape
+    return torch.empty(b, h, w, n, d, dtype=dtype or t.dtype, device=t.device).permute(0, 3, 1, 2, 4)
+
+
+def _grid(query: torch.Tensor, dilation: int):
+    batch, heads, height, width, _ = query.shape
+    tiles_r = -(-(-(-height // dilation)) // _TILE)
+    tiles_c = -(-(-(-width // dilation)) // _TILE)
+    return tiles_r, tiles_c, (batch * heads, dilation * dilation * tiles_r * tiles_c)
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else _nullcontext()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# -- custom ops ----------------------------------------------------------------------------------------
+
+LOG2E = 1.4426950408889634
+
+
+@torch.library.custom_op("dinat_timm::na2d_fwd", mutates_args=())
+def na2d_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
+    kernel_size: int, dilation: int, scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = (_unit_last(t) for t in (q, k, v))
+    batch, heads, height, width, head_dim = q.shape
+    out = _like_channels_last(q)
+    lse = torch.empty(batch, heads, height, width, dtype=torch.float32, device=q.device)
+    tiles_r, tiles_c, grid = _grid(q, dilation)
+    table = q if rpb is None else rpb.contiguous()
+    args = (q, k, v, table, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * LOG2E)
+    constexprs = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
+    with _device_guard(q):
+        _launch("na2d_fwd_kernel", "fwd", grid, args, constexprs, q)
+    return out, lse
+
+
+@na2d_fwd.register_fake
+def _(q, k, v, rpb, kernel_size, dilation, scale):
+    batch, heads, height, width, _ = q.shape
+    return _like_channels_last(q), q.new_empty(batch, heads, height, width, dtype=torch.float32)
+
+
+@torch.library.custom_op("dinat_timm::na2d_bwd", mutates_args=())
+def na2d_bwd(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
+    out: torch.Tensor, lse: torch.Tensor, kernel_size: int, dilation: int, scale: float, rpb_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
+    batch, heads, height, width, head_dim = q.shape
+    tiles_r, tiles_c, grid = _grid(q, dilation)
+    span = 2 * kernel_size - 1
+    dq, dk, dv = _like_channels_last(q), _like_channels_last(k), _like_channels_last(v)
+    delta = torch.empty_like(lse)
+    rpb_grad = rpb_grad and rpb is not None
+    # one partial bias table per program; every bin a program's queries can reach is written by it
+    partial = torch.zeros(grid[0], grid[1], span, span, dtype=torch.float32, device=q.device) if rpb_grad else lse
+    table = q if rpb is None else rpb.contiguous()
+    precision = _precision(q.dtype)
+    shape_args = (heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * LOG2E, scale)
+    flags = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=precision, UPCAST=_upcast(q.dtype))
+    with _device_guard(q):
+        dq_args = (q, k, v, table, out, grad_out, lse, delta, dq, partial,
+                   *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out), *_strides(dq), *shape_args)
+        _launch("na2d_bwd_dq_kernel", "dq", grid, dq_args,
+                dict(flags, RPB_GRAD=rpb_grad, SPLIT_BINS=q.dtype != torch.float32), q)
+        dkdv_args = (q, k, v, table, grad_out, lse, delta, dk, dv,
+                     *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv), *shape_args)
+        _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q)
+    if rpb_grad:
+        drpb = partial.view(batch, heads, -1, span, span).sum((0, 2))
+        drpb = drpb.to(rpb.dtype)
+    else:
+        drpb = q.new_empty(0)
+    return dq, dk, dv, drpb
+
+
+@na2d_bwd.register_fake
+def _(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale, rpb_grad):
+    if rpb_grad and rpb is not None:
+        drpb = rpb.new_empty(rpb.shape)
+    else:
+        drpb = q.new_empty(0)
+    return _like_channels_last(q), _like_channels_last(k), _like_channels_last(v), drpb
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, rpb, kernel_size, dilation, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rpb, out, lse)
+    ctx.geometry = (kernel_size, dilation, scale)
+    ctx.rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, rpb, out, lse = ctx.saved_tensors
+    kernel_size, dilation, scale = ctx.geometry
+    dq, dk, dv, drpb = na2d_bwd(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale, ctx.rpb_grad)
+    return dq, dk, dv, (drpb if ctx.rpb_grad else None), None, None, None
+
+
+na2d_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale):
+    out, _ = na2d_fwd(query, key, value, rpb, kernel_size, dilation, float(scale))
+    return out
