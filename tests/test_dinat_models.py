@@ -9,6 +9,8 @@ from timm.data import create_transform, resolve_data_config
 
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.models._checkpoint import CheckpointMismatchError
+from dinat_timm.ops.backends import BACKENDS
+from dinat_timm.ops.chooser import why_not
 from dinat_timm.models.dinat import checkpoint_filter_fn
 
 from _helpers import FIXTURES, fixture, put_in_hf_cache, serialized
@@ -278,3 +280,31 @@ def test_torch_compile(tiny):
     compiled = torch.compile(tiny, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), tiny(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", [name for name, b in BACKENDS.items() if b.COMPILES])
+def test_torch_compile_fullgraph_on_every_backend_that_claims_it(backend):
+    """Each backend that says it compiles (``COMPILES``) gives one graph and the eager logits.
+    At 64 px the maps are 16 (dilations 1 and 2), 8, 4 and 2: direct, dilated and zero-padded paths."""
+    probe = torch.empty(1, 1, 16, 16, 16)
+    if why_not(backend, probe, torch.empty(1, 13, 13), needs_grad=False) is not None:
+        pytest.skip(why_not(backend, probe, torch.empty(1, 13, 13), needs_grad=False))
+    model = timm.create_model("dinat_tiny", attn_backend=backend, embed_dim=16, depths=(2, 1, 1, 1),
+                              num_heads=(1, 2, 2, 4), dilations=[[1, 2], [1], [1], [1]], num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+        model.set_attn_backend("gather")
+        reference = model(x)
+    torch.testing.assert_close(eager, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_under_compile_picks_only_backends_that_compile():
+    from dinat_timm.ops.chooser import preference
+
+    for device in ("cpu", "cuda"):
+        assert all(BACKENDS[name].COMPILES for name in preference(device, compiling=True))
+    assert preference("cuda", compiling=True)[0] == "triton"

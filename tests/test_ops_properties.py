@@ -150,6 +150,7 @@ def test_auto_picks_tiled_on_cpu_in_every_mode():
 
 def test_cuda_preference_never_drops_the_bias():
     order = preference("cuda")
+    assert order[0] == "triton"  # fused, with the bias and its gradient
     assert order.index("natten") < order.index("natten_legacy") < order.index("tiled")
     from dinat_timm.ops.backends import natten_modern
 
@@ -158,7 +159,8 @@ def test_cuda_preference_never_drops_the_bias():
     assert "relative position bias" in natten_modern.supports(q, torch.zeros(2, 13, 13), needs_grad=False)
     assert why_not("natten", q, torch.zeros(2, 13, 13), needs_grad=False) is not None
     assert "gather" not in preference("cuda") and "gather" not in preference("cpu")
-    assert preference("cuda", compiling=True).index("flex") < preference("cuda", compiling=True).index("tiled")
+    # compiled flex is far slower than triton on GPUs, and natten / natten_legacy break the graph
+    assert preference("cuda", compiling=True) == ["triton", "tiled"]
 
 
 def test_cpu_flex_backward_is_refused_with_a_reason():

@@ -1,14 +1,18 @@
 """Which backend serves a call when the caller says ``backend="auto"``.
 
-Only exact backends are candidates, in order of measured or documented speed for the device:
+Only exact backends are candidates, in order of measured speed for the device:
 
 - CPU: ``tiled``. On 2 threads it ran DiNAT-tiny's stage shapes in 1.2–2.9× (forward) and
-  1.2–3.5× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens,
-  where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the NATTEN >= 0.20 / flex paths
-  are unfused and forward-only on CPU (`results/leaderboard_op_speed.csv`).
-- CUDA: NATTEN's fused kernels when they can compute the call (``natten`` has no bias, so only
-  without ``rpb``; ``natten_legacy`` with it), then ``tiled`` (SDPA's fused kernels with a
-  bias gradient). Under ``torch.compile`` the compiled ``flex`` kernel goes before ``tiled``.
+  1.2–3.5× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens
+  (lower is faster), where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the NATTEN >= 0.20
+  / flex paths are unfused and forward-only on CPU (`results/leaderboard_op_speed.csv`).
+- CUDA: ``triton`` (fused, with the bias and its gradient), then NATTEN's kernels where installed
+  (``natten`` only without ``rpb``), then ``tiled``. On an H200 in bf16 at batch 64, ``tiled``
+  took 2.9–7.0× window attention forward; see ``results/leaderboard_op_speed.csv`` for ``triton``.
+  Compiled ``flex`` is never chosen: on the same H200 it took up to 30.6× forward and 134×
+  forward+backward (56², dilation 8), since a 128-token block of a row-major map meets many key blocks.
+- Under ``torch.compile`` only backends that trace without a graph break (``COMPILES``) are
+  candidates: ``triton`` on CUDA, ``tiled`` everywhere.
 - ``gather`` (the reference) is never chosen automatically.
 """
 from __future__ import annotations
@@ -21,12 +25,10 @@ from .backends import BACKENDS
 
 
 def preference(device_type: str, compiling: bool = False) -> List[str]:
-    if device_type == "cuda":
-        order = ["natten", "natten_legacy", "tiled"]
-        if compiling:
-            order.insert(2, "flex")
-        return order
-    return ["tiled"]
+    order = ["triton", "natten", "natten_legacy", "tiled"] if device_type == "cuda" else ["tiled"]
+    if compiling:
+        order = [name for name in order if BACKENDS[name].COMPILES]
+    return order
 
 
 def why_not(name: str, query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool) -> Optional[str]:

@@ -7,12 +7,13 @@ materialises every score, and on CPU it has no backward at all.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
-from .._cache import cached_constant
 
 NAME = "flex"
+COMPILES = True  # torch.compile(fullgraph=True) traces it (the block mask is built in the graph)
 
 
 def _flex():
@@ -56,12 +57,26 @@ def _mask_mod(height, width, kernel_size, dilation):
     return mask_mod
 
 
-@cached_constant(maxsize=64)
-def _block_mask(height, width, kernel_size, dilation, device):
+def _build_block_mask(height, width, kernel_size, dilation, device):
     n = height * width
     return _flex().create_block_mask(
         _mask_mod(height, width, kernel_size, dilation), B=None, H=None, Q_LEN=n, KV_LEN=n, device=device
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_block_mask(height, width, kernel_size, dilation, device):
+    # built outside inference mode, so a mask first made under inference_mode serves training too
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_block_mask(height, width, kernel_size, dilation, device)
+
+
+def _block_mask(height, width, kernel_size, dilation, device):
+    # Under torch.compile the mask is built inside the graph: dynamo cannot guard a BlockMask
+    # returned as a constant (assume_constant_result), and create_block_mask traces fine
+    if torch.compiler.is_compiling():
+        return _build_block_mask(height, width, kernel_size, dilation, device)
+    return _cached_block_mask(height, width, kernel_size, dilation, device)
 
 
 def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale):

@@ -12,6 +12,7 @@ import torch
 from ..geometry import neighborhood_1d
 
 NAME = "gather"
+COMPILES = True
 
 
 def available() -> Optional[str]:

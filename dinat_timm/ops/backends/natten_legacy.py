@@ -12,6 +12,7 @@ import torch
 from ._natten import natten_version
 
 NAME = "natten_legacy"
+COMPILES = False  # pre-2.0 autograd Functions around C++ ops: dynamo breaks the graph there
 
 
 def available() -> Optional[str]:

@@ -12,6 +12,8 @@ import torch
 from ._natten import natten_version
 
 NAME = "natten"
+# natten 0.21.7 breaks torch.compile(fullgraph=True) on CPU ("Unexpected type in sourceless builder")
+COMPILES = False
 
 
 def available() -> Optional[str]:

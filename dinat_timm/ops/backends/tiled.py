@@ -25,6 +25,7 @@ from ..geometry import padded_halo_fits, tile_axis
 from .._cache import cached_constant
 
 NAME = "tiled"
+COMPILES = True
 # (rows, columns) of a query tile. Smaller tiles score fewer keys a query (at k=7 a 4×7 tile's
 # 10×13 halo is 130 keys for each query's 49, a 7×7 tile's 13×13 is 169) but make more, smaller
 # matmuls, and only the columns cost a copy (see _StripHalos). 4×7 measured fastest forward and
