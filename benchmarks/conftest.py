@@ -16,7 +16,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dinat_timm.results.environment import environment  # noqa: E402
+from dinat_timm.results.environment import environment, precision_settings, set_tf32  # noqa: E402
 from dinat_timm.results.writer import append_rows  # noqa: E402
 
 OPTIONS = {
@@ -33,12 +33,15 @@ OPTIONS = {
     "channels-last": ("0", "comma list of 0/1"),
     "compile": ("0", "comma list of 0/1: torch.compile the model"),
     "backends": ("auto", "comma list of attention backends for the models (auto, tiled, natten, natten_legacy, flex)"),
-    "op-backends": ("tiled,gather,natten,natten_legacy,flex", "backends timed by the operator suite"),
+    "op-backends": ("triton,tiled,gather,natten,natten_legacy,flex", "backends timed by the operator suite"),
+    "op-dtypes": ("fp32", "comma list of fp32, bf16, fp16: q/k/v dtype of the operator suite (the rpb stays fp32, as under autocast)"),
     "op-batch-size": ("8", "batch size of the operator suite"),
     "rounds": ("5", "timed rounds per benchmark"),
     "warmup": ("2", "untimed warm-up rounds per benchmark"),
     "max-samples": ("0", "stop accuracy after this many images (0 = all)"),
     "results-dir": ("results", "where the CSV leaderboards go"),
+    "tf32": ("", "1/0: TF32 for matmuls and cuDNN convolutions (moves fp32 results ~1e-3 on GPUs); "
+                 "empty = 0 for accuracy (reproducible), PyTorch's own default for speed and memory"),
     "pretrained": ("auto", "1 = load published weights (needs them cached), 0 = random init, auto = 1 only with --data-dir"),
 }
 
@@ -138,6 +141,23 @@ def run_benchmark(benchmark, fn, device: str, config, rounds=None, warmup=None, 
     warmup = int(opt(config, "warmup")) if warmup is None else warmup
     benchmark.pedantic(timed, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
     return benchmark.stats.stats.median
+
+
+@pytest.fixture(autouse=True)
+def tf32_setting(request):
+    """Applies ``--tf32`` for one test (accuracy defaults to off) and restores PyTorch's settings;
+    every row records what ran (``tf32_matmul``, ``tf32_cudnn``, ``float32_matmul_precision``)."""
+    before = precision_settings()
+    wanted = opt(request.config, "tf32")
+    if wanted == "" and request.node.module.__name__.endswith("test_accuracy"):
+        wanted = "0"
+    if wanted not in ("", "0", "1"):
+        raise pytest.UsageError(f"--tf32 takes 0 or 1, got {wanted!r}")
+    if wanted:
+        set_tf32(wanted == "1")
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = bool(before["tf32_matmul"])
+    torch.backends.cudnn.allow_tf32 = bool(before["tf32_cudnn"])
 
 
 @pytest.fixture

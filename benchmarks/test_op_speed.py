@@ -19,7 +19,8 @@ from dinat_timm.ops.chooser import why_not
 STAGES = [(0, 56, 2, (1, 8)), (1, 28, 4, (1, 4)), (2, 14, 8, (1, 2)), (3, 7, 16, (1,))]
 SHAPES = [(s, n, h, d) for s, n, h, ds in STAGES for d in ds]
 CSV = "op_speed.csv"
-SLOW_ON_CPU = ("gather", "flex", "natten")
+SLOW_ON_CPU = ("gather", "flex", "natten", "triton")  # triton on CPU only runs in Triton's interpreter
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def windowed_attention(q, k, v, window=7):
@@ -43,17 +44,23 @@ def _step(fn, inputs, backward):
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"stage{s[0]}-{s[1]}x{s[1]}-h{s[2]}-d{s[3]}")
-@pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["tiled", "gather", "natten", "natten_legacy", "flex"])
-def test_op_speed(benchmark, leaderboard, request, backend, shape, mode):
+@pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["triton", "tiled", "gather", "natten", "natten_legacy", "flex"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_op_speed(benchmark, leaderboard, request, dtype, backend, shape, mode):
     config = request.config
     if backend != "windowed_sdpa" and backend not in opt_list(config, "op-backends"):
         pytest.skip(f"{backend} not in --op-backends")
+    if dtype not in opt_list(config, "op-dtypes"):
+        pytest.skip(f"{dtype} not in --op-dtypes")
     stage, size, heads, dilation = shape
     device = opt(config, "device")
+    if dtype == "fp16" and not device.startswith("cuda"):
+        pytest.skip("fp16 is a GPU configuration")
     batch = int(opt(config, "op-batch-size"))
     backward = mode == "fwd_bwd"
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, size, size, 32, generator=gen).to(device).requires_grad_(backward) for _ in range(3))
+    q, k, v = (torch.randn(batch, heads, size, size, 32, generator=gen).to(device, DTYPES[dtype]).requires_grad_(backward)
+               for _ in range(3))
     rpb = torch.randn(heads, 13, 13, generator=gen).to(device).requires_grad_(backward)
     if backend == "windowed_sdpa":
         fn, inputs = windowed_attention, (q, k, v)
@@ -66,7 +73,7 @@ def test_op_speed(benchmark, leaderboard, request, backend, shape, mode):
         fn, inputs = neighborhood_attention_2d, (q, k, v, 7, dilation, rpb, None, backend)
     columns = dict(
         suite="op", backend=backend, mode=mode, stage=stage, map_size=size, heads=heads, head_dim=32,
-        kernel_size=7, dilation=dilation, batch=batch, dtype="fp32", rpb=int(rpb is not None),
+        kernel_size=7, dilation=dilation, batch=batch, dtype=dtype, rpb=int(rpb is not None),
     )
     leaderboard.context(CSV, **columns)
     rounds, warmup = int(opt(config, "rounds")), int(opt(config, "warmup"))

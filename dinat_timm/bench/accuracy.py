@@ -135,9 +135,14 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra timm.create_model kwargs")
     parser.add_argument("--results", default="", help="append the row to this CSV (rank 0)")
+    parser.add_argument("--tf32", type=int, choices=(0, 1), default=0,
+                        help="TF32 for matmuls and cuDNN convolutions (default 0: reproducible fp32 on GPUs)")
     args = parser.parse_args(argv)
 
     import dinat_timm  # noqa: F401  (registers the models)
+    from ..results.environment import set_tf32
+
+    set_tf32(args.tf32)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
