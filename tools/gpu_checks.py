@@ -28,6 +28,7 @@ from dinat_timm.ops.chooser import why_not  # noqa: E402
 from dinat_timm.results.environment import set_tf32  # noqa: E402
 
 STAGES = [(56, 2, 1), (56, 2, 8), (28, 4, 1), (28, 4, 4), (14, 8, 1), (14, 8, 2), (7, 16, 1), (30, 3, 3)]
+QUICK_STAGES = [(56, 2, 8), (28, 4, 1), (7, 16, 1)]
 
 
 def run(backend, q, k, v, rpb, grad, dilation, dtype, device):
@@ -38,15 +39,15 @@ def run(backend, q, k, v, rpb, grad, dilation, dtype, device):
     return [t.double().cpu() for t in (out.detach(), *(x.grad for x in leaves), bias.grad)]
 
 
-def operator_checks(device, backends):
+def operator_checks(device, backends, quick=False):
     print("== operator vs float64 gather (max |err| / max |ref|): out dq dk dv drpb", flush=True)
-    for size, heads, dilation in STAGES:
+    for size, heads, dilation in QUICK_STAGES if quick else STAGES:
         g = torch.Generator().manual_seed(size * 31 + dilation)
         q, k, v, grad = (torch.randn(2, heads, size, size, 32, generator=g) for _ in range(4))
         rpb = torch.randn(heads, 13, 13, generator=g) * 0.5
         ref = run("gather", q, k, v, rpb, grad, dilation, torch.float64, "cpu")
         lines = []
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.bfloat16,) if quick else (torch.float32, torch.bfloat16):
             for backend in backends + (["gather"] if dtype != torch.float32 else []):
                 on = "cpu" if backend == "gather" else device
                 if why_not(backend, q.to(on, dtype), rpb, True):
@@ -87,17 +88,20 @@ def autotune_report(device):
     for which, name in (("fwd", "na2d_fwd_kernel"), ("dq", "na2d_bwd_dq_kernel"), ("dkdv", "na2d_bwd_dkdv_kernel")):
         tuner = triton_fused._tuned(name, which, 7, 32)
         for key, config in getattr(tuner, "cache", {}).items():
-            print(f"  {which:4s} {key}: {config}", flush=True)
+            print(f"  {which:4s} {key[:2]} {key[2]}: chose {config}", flush=True)
+        for config, ms in (getattr(tuner, "configs_timings", None) or {}).items():
+            print(f"      {config}: {ms}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="bf16 only, three shapes")
     args = parser.parse_args()
     backends = ["triton", "tiled"] if args.device == "cuda" else ["tiled"]
     print("torch", torch.__version__, "timm", timm.__version__, "device",
           torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", flush=True)
-    operator_checks(args.device, backends)
+    operator_checks(args.device, backends, args.quick)
     fixture_checks(args.device, backends + ["gather"])
     autotune_report(args.device)
 

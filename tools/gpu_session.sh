@@ -7,6 +7,7 @@
 #
 #   OUT=/tmp/out DINAT_TIMM_COMMIT=$(git rev-parse --short HEAD) bash tools/gpu_session.sh 540
 #   DEVICE=cpu QUICK=1 bash tools/gpu_session.sh 300      # dry run on a CPU
+#   PLAN=retune ...                                         # after changing the triton launch candidates
 set -u
 BUDGET=${1:-540}
 START=$(date +%s)
@@ -46,13 +47,27 @@ else
     THR=(--batch-size 128 --rounds 10 --warmup 3 --models dinat_tiny)
 fi
 
-step ops 130 "${BENCH[@]}" benchmarks/test_op_speed.py --op-backends triton,tiled --op-dtypes bf16 "${OPS[@]}"
-step throughput 130 "${BENCH[@]}" benchmarks/test_throughput.py --reference-models swin_tiny_patch4_window7_224 \
-    --dtypes bf16 --backends auto,tiled "${THR[@]}"
-step compiled 170 "${BENCH[@]}" benchmarks/test_throughput.py -k infer --compile 1 \
-    --reference-models swin_tiny_patch4_window7_224 --dtypes bf16 --backends auto,tiled "${THR[@]}"
-step checks 110 $PY tools/gpu_checks.py --device "$DEVICE"
-step tests 100 env DINAT_TRITON_AUTOTUNE=0 $PY -m pytest tests/test_triton_backend.py -q -x -p no:cacheprovider
+case "${PLAN:-full}" in
+full)
+    step ops 130 "${BENCH[@]}" benchmarks/test_op_speed.py --op-backends triton,tiled --op-dtypes bf16 "${OPS[@]}"
+    step throughput 130 "${BENCH[@]}" benchmarks/test_throughput.py --reference-models swin_tiny_patch4_window7_224 \
+        --dtypes bf16 --backends auto,tiled "${THR[@]}"
+    step compiled 170 "${BENCH[@]}" benchmarks/test_throughput.py -k infer --compile 1 \
+        --reference-models swin_tiny_patch4_window7_224 --dtypes bf16 --backends auto,tiled "${THR[@]}"
+    step checks 110 $PY tools/gpu_checks.py --device "$DEVICE"
+    step tests 100 env DINAT_TRITON_AUTOTUNE=0 $PY -m pytest tests/test_triton_backend.py -q -x -p no:cacheprovider
+    ;;
+retune)  # after changing the kernels' launch candidates: speed first, then a quick exactness check
+    export TRITON_PRINT_AUTOTUNING=1
+    step ops 100 "${BENCH[@]}" benchmarks/test_op_speed.py --op-backends triton --op-dtypes bf16 "${OPS[@]}"
+    step throughput 80 "${BENCH[@]}" benchmarks/test_throughput.py --reference-models swin_tiny_patch4_window7_224 \
+        --dtypes bf16 --backends auto "${THR[@]}"
+    step compiled 150 "${BENCH[@]}" benchmarks/test_throughput.py --compile 1 \
+        --reference-models swin_tiny_patch4_window7_224 --dtypes bf16 --backends auto,tiled "${THR[@]}" \
+        -k "infer or (train and not tiled)"
+    step checks 60 $PY tools/gpu_checks.py --device "$DEVICE" --quick
+    ;;
+esac
 
 cp "$WORK/summary.txt" "$OUT/summary.txt"
 tar -czf "$OUT/gpu_session.tar.gz" -C "$WORK" results logs summary.txt

@@ -81,6 +81,7 @@ def _block_mask(height, width, kernel_size, dilation, device):
 
 def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale):
     batch, heads, height, width, dim = query.shape
+    height, width = int(height), int(width)  # the mask is a function of the map size: specialise it
     flex = _flex()
     span = 2 * kernel_size - 1
     score_mod = None

@@ -24,7 +24,7 @@ def supports(query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool)
 
 
 def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale):
-    _, _, height, width, _ = query.shape
+    height, width = int(query.shape[2]), int(query.shape[3])  # specialised under dynamic compile
     rows, bias_rows = neighborhood_1d(height, kernel_size, dilation, query.device)
     cols, bias_cols = neighborhood_1d(width, kernel_size, dilation, query.device)
     rows, cols = rows[:, None, :, None], cols[None, :, None, :]  # -> [H, W, k, k]

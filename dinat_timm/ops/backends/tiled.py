@@ -344,7 +344,9 @@ def _indexed(query, key, value, kernel_size, dilation, rpb, scale, lay, args):
 
 def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale, tile=DEFAULT_TILE):
     """``tile``: query tile ``(rows, columns)`` (an int for square tiles), clipped per shape."""
-    _, _, height, width, _ = query.shape
+    # int(): under torch.compile with dynamic sizes, the layouts specialise on the map size
+    # (a guard) rather than fail on a symbolic one; the batch stays dynamic
+    height, width = int(query.shape[2]), int(query.shape[3])
     tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
     args = (height, width, kernel_size, dilation, tile, query.device)
     lay = _strip_layout(*args)

@@ -59,8 +59,12 @@ def supports(query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool)
         return f"the triton backend runs on CUDA tensors, got {query.device}"
     if query.dtype not in DTYPES:
         return f"the triton backend takes float32, bfloat16 or float16, got {query.dtype}"
-    if device == "cuda" and query.dtype == torch.bfloat16 and torch.cuda.get_device_capability(query.device) < (8, 0):
-        return "bfloat16 needs a GPU of compute capability 8.0 or newer"
+    if device == "cuda" and query.dtype == torch.bfloat16:
+        # get_device_properties, not get_device_capability: dynamo constant-folds the former and
+        # breaks the graph on the latter (seen on an H200: every attention call became its own graph)
+        props = torch.cuda.get_device_properties(query.device)
+        if (props.major, props.minor) < (8, 0):
+            return "bfloat16 needs a GPU of compute capability 8.0 or newer"
     if query.shape[-1] > MAX_HEAD_DIM:
         return f"the triton backend takes head_dim <= {MAX_HEAD_DIM}, got {query.shape[-1]}"
     return None
@@ -76,41 +80,49 @@ def _pow2(n: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _config(kernel_size: int, head_dim: int) -> dict:
     """The configuration used where nothing is timed (Triton's interpreter, or
-    ``DINAT_TRITON_AUTOTUNE=0``): the middle candidate of each kernel, none of which spills
-    registers on sm_90 at DiNAT's k=7, head_dim=32 (by ``cuobjdump -res-usage``)."""
+    ``DINAT_TRITON_AUTOTUNE=0``): each kernel's first candidate, the one an H200 picked at DiNAT's
+    k=7, head_dim=32 in bf16 among the plain (no register cap, one stage) configurations."""
     fwd, dq, dkdv = _candidates(kernel_size, head_dim)
-    return dict(fwd=fwd[len(fwd) // 2], dq=dq[0], dkdv=dkdv[0])
+    return dict(fwd=fwd[0], dq=dq[0], dkdv=dkdv[0])
 
 
 @functools.lru_cache(maxsize=None)
 def _candidates(kernel_size: int, head_dim: int):
-    """Launch configurations worth timing, per kernel. Queries (forward, dQ) and keys (dK/dV) come
-    in 8×8 tiles; the forward and dQ read the key halo (``HALO_C`` columns, a power of two)
-    ``CHUNK_R`` rows at a time. More keys a chunk means fewer loop trips but more registers, and
-    dQ holds four score-sized tiles (s, p, dp, ds) at once, so it gets half the forward's keys."""
+    """Launch configurations worth timing, per kernel.
+
+    Queries (forward, dQ) and keys (dK/dV) come in 8×8 tiles; the forward and dQ read the key
+    halo (``HALO_C`` columns, a power of two) ``CHUNK_R`` rows at a time. The kernels hold many
+    score-sized integer tiles (masks, bias indices), so left alone ptxas gives them ~250
+    registers a thread: one block per SM, no latency hidden. The candidates trade that against
+    spills with ``maxnreg`` (4 warps at 128 registers: four blocks per SM) and let Triton's
+    pipeliner prefetch the next chunk (``num_stages=2``), which on sm_90 also brought the
+    64-key forward down to 190 registers with no spill (``cuobjdump -res-usage``).
+    """
     block_d = max(16, _pow2(head_dim))
     halo_c = _pow2(_TILE + kernel_size - 1)
     rows = _TILE + kernel_size - 1
     wide = block_d > 64
 
-    def chunks(key_counts):
-        out = []
-        for keys in key_counts:
-            c = min(max(2, keys // halo_c), _pow2(rows))  # 8·c rows feed tl.dot, which takes >= 16
-            if c not in out:
-                out.append(c)
-        return out
+    def chunk(keys):  # halo rows per chunk for about ``keys`` keys; 8·rows feed tl.dot (>= 16)
+        return min(max(2, keys // halo_c), _pow2(rows))
+
+    def config(meta, warps, stages=1, maxnreg=None):
+        return dict(meta=meta, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
     base = dict(TILE_R=_TILE, TILE_C=_TILE, HALO_C=halo_c, BLOCK_D=block_d)
-    fwd = [dict(meta=dict(base, CHUNK_R=c), num_warps=8)
-           for c in chunks((128, 64, 32) if wide else (256, 128, 64))]
-    dq = []
-    for c in chunks((64, 32, 16) if wide else (128, 64, 32)):
+    small, mid = chunk(32 if wide else 64), chunk(64 if wide else 128)
+    fwd = [config(dict(base, CHUNK_R=small), 8), config(dict(base, CHUNK_R=small), 8, stages=2),
+           config(dict(base, CHUNK_R=small), 4, stages=2, maxnreg=128),
+           config(dict(base, CHUNK_R=chunk(32)), 4, maxnreg=128), config(dict(base, CHUNK_R=mid), 8)]
+
+    def with_bins(c):
         covered = -(-rows // c) * c
-        bins = dict(BINS_R=_pow2(covered + _TILE - 1), BINS_C=_pow2(halo_c + _TILE - 1))
-        dq.append(dict(meta=dict(base, CHUNK_R=c, **bins), num_warps=8))
-    dkdv = [dict(meta=dict(TILE_R=_TILE, TILE_C=_TILE, CHUNK_QR=qr, CHUNK_QC=16, BLOCK_D=block_d), num_warps=warps)
-            for qr, warps in ((8, 8), (4, 8), (4, 4))]
+        return dict(base, CHUNK_R=c, BINS_R=_pow2(covered + _TILE - 1), BINS_C=_pow2(halo_c + _TILE - 1))
+
+    dq = [config(with_bins(mid), 8), config(with_bins(small), 4, stages=2, maxnreg=128),
+          config(with_bins(mid), 8, maxnreg=128), config(with_bins(small), 4, maxnreg=128)]
+    kv = dict(TILE_R=_TILE, TILE_C=_TILE, CHUNK_QR=4, CHUNK_QC=16, BLOCK_D=block_d)
+    dkdv = [config(kv, 4), config(kv, 4, maxnreg=128), config(kv, 8, maxnreg=128), config(kv, 4, stages=2, maxnreg=128)]
     return fwd, dq, dkdv
 
 
@@ -126,7 +138,7 @@ def _tuned(kernel_name: str, which: str, kernel_size: int, head_dim: int):
     import triton
 
     index = {"fwd": 0, "dq": 1, "dkdv": 2}[which]
-    configs = [triton.Config(c["meta"], num_warps=c["num_warps"], num_stages=1)
+    configs = [triton.Config(c["meta"], num_warps=c["num_warps"], num_stages=c["num_stages"], maxnreg=c["maxnreg"])
                for c in _candidates(kernel_size, head_dim)[index]]
     return triton.autotune(configs=configs, key=["head_dim", "HAS_RPB"])(getattr(_kernels(), kernel_name))
 
@@ -138,6 +150,7 @@ def _launch(kernel_name: str, which: str, grid, args, constexprs: dict, probe: t
     else:
         cfg = _config(kernel_size, head_dim)[which]
         getattr(_kernels(), kernel_name)[grid](*args, **constexprs, **cfg["meta"], num_warps=cfg["num_warps"], num_stages=1)
+    # (the interpreter ignores warps, stages and register caps)
 
 
 def _precision(dtype: torch.dtype) -> str:
