@@ -62,10 +62,17 @@ def make_input(cfg: StepConfig, img_size: int, requires_grad: bool = False) -> t
     return x.requires_grad_(requires_grad)
 
 
+def _compiled(model: torch.nn.Module) -> Callable:
+    """A fresh compile: models share code objects (block and attention forwards), so without a
+    reset a row's graphs would depend on what ran before it (guards, recompiles, dynamic sizes)."""
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
 def inference_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Callable[[], None]:
     model = (model or build_model(cfg)).eval()
     x = make_input(cfg, resolve_img_size(model, cfg.img_size))
-    run = torch.compile(model) if cfg.compile else model
+    run = _compiled(model) if cfg.compile else model
 
     def step():
         with torch.inference_mode(), autocast(cfg):
@@ -81,7 +88,7 @@ def train_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Call
     target = torch.randint(0, max(1, model.num_classes), (cfg.batch_size,), generator=torch.Generator().manual_seed(0)).to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(torch.device(cfg.device).type, enabled=cfg.dtype == "fp16")
-    run = torch.compile(model) if cfg.compile else model
+    run = _compiled(model) if cfg.compile else model
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -171,11 +171,17 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _like_channels_last(t: torch.Tensor, dtype=None) -> torch.Tensor:
-    """A new ``[B, heads, H, W, D]`` tensor laid out as ``[B, H, W, heads, D]``: the layout the
-    models read back (``permute`` + ``reshape`` to channels is then free)."""
+def _channels_last_buffer(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A contiguous ``[B, H, W, heads, D]`` tensor for a ``[B, heads, H, W, D]`` result. The ops
+    return it as it is (a plain contiguous output: inductor on CUDA mishandled custom ops whose
+    outputs had permuted strides), and the caller's permute back is a view: the layout the
+    models read next (``permute`` + ``reshape`` to channels), at no copy."""
     b, n, h, w, d = t.shape
-    return torch.empty(b, h, w, n, d, dtype=dtype or t.dtype, device=t.device).permute(0, 3, 1, 2, 4)
+    return torch.empty(b, h, w, n, d, dtype=dtype or t.dtype, device=t.device)
+
+
+def _heads_first(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 3, 1, 2, 4)  # [B, H, W, heads, D] -> [B, heads, H, W, D], a view
 
 
 def _grid(query: torch.Tensor, dilation: int):
@@ -207,9 +213,11 @@ def na2d_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
     kernel_size: int, dilation: int, scale: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(output as a contiguous ``[B, H, W, heads, D]``, log2-sum-exp ``[B, heads, H, W]`` fp32)."""
     q, k, v = (_unit_last(t) for t in (q, k, v))
     batch, heads, height, width, head_dim = q.shape
-    out = _like_channels_last(q)
+    out_buffer = _channels_last_buffer(q)
+    out = _heads_first(out_buffer)
     lse = torch.empty(batch, heads, height, width, dtype=torch.float32, device=q.device)
     tiles_r, tiles_c, grid = _grid(q, dilation)
     table = q if rpb is None else rpb.contiguous()
@@ -218,13 +226,13 @@ def na2d_fwd(
     constexprs = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
     with _device_guard(q):
         _launch("na2d_fwd_kernel", "fwd", grid, args, constexprs, q)
-    return out, lse
+    return out_buffer, lse
 
 
 @na2d_fwd.register_fake
 def _(q, k, v, rpb, kernel_size, dilation, scale):
     batch, heads, height, width, _ = q.shape
-    return _like_channels_last(q), q.new_empty(batch, heads, height, width, dtype=torch.float32)
+    return _channels_last_buffer(q), q.new_empty(batch, heads, height, width, dtype=torch.float32)
 
 
 @torch.library.custom_op("dinat_timm::na2d_bwd", mutates_args=())
@@ -232,11 +240,15 @@ def na2d_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor],
     out: torch.Tensor, lse: torch.Tensor, kernel_size: int, dilation: int, scale: float, rpb_grad: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_out, q, k, v, out = (_unit_last(t) for t in (grad_out, q, k, v, out))
+    """``grad_out`` and ``out`` as ``[B, H, W, heads, D]`` (the forward's output layout); returns
+    dq, dk, dv as contiguous ``[B, H, W, heads, D]`` and d-rpb (empty when not asked for)."""
+    q, k, v = (_unit_last(t) for t in (q, k, v))
+    grad_out, out = (_heads_first(_unit_last(t)) for t in (grad_out, out))
     batch, heads, height, width, head_dim = q.shape
     tiles_r, tiles_c, grid = _grid(q, dilation)
     span = 2 * kernel_size - 1
-    dq, dk, dv = _like_channels_last(q), _like_channels_last(k), _like_channels_last(v)
+    buffers = [_channels_last_buffer(t) for t in (q, k, v)]
+    dq, dk, dv = (_heads_first(b) for b in buffers)
     delta = torch.empty_like(lse)
     rpb_grad = rpb_grad and rpb is not None
     # one partial bias table per program; every bin a program's queries can reach is written by it
@@ -258,7 +270,7 @@ def na2d_bwd(
         drpb = drpb.to(rpb.dtype)
     else:
         drpb = q.new_empty(0)
-    return dq, dk, dv, drpb
+    return (*buffers, drpb)
 
 
 @na2d_bwd.register_fake
@@ -267,7 +279,7 @@ def _(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale, rpb_grad):
         drpb = rpb.new_empty(rpb.shape)
     else:
         drpb = q.new_empty(0)
-    return _like_channels_last(q), _like_channels_last(k), _like_channels_last(v), drpb
+    return _channels_last_buffer(q), _channels_last_buffer(k), _channels_last_buffer(v), drpb
 
 
 def _setup_context(ctx, inputs, output):
@@ -282,6 +294,7 @@ def _backward(ctx, grad_out, grad_lse):
     q, k, v, rpb, out, lse = ctx.saved_tensors
     kernel_size, dilation, scale = ctx.geometry
     dq, dk, dv, drpb = na2d_bwd(grad_out, q, k, v, rpb, out, lse, kernel_size, dilation, scale, ctx.rpb_grad)
+    dq, dk, dv = (_heads_first(t) for t in (dq, dk, dv))
     return dq, dk, dv, (drpb if ctx.rpb_grad else None), None, None, None
 
 
@@ -290,4 +303,4 @@ na2d_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale):
     out, _ = na2d_fwd(query, key, value, rpb, kernel_size, dilation, float(scale))
-    return out
+    return _heads_first(out)
