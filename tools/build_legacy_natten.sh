@@ -7,9 +7,31 @@
 # ("undefined symbol ... torchCheckFail"). This script sets both to what the installed torch uses,
 # then pip-installs the result. NATTEN_N_WORKERS / CMAKE_BUILD_TYPE=Release keep it to minutes.
 #
-#   tools/build_legacy_natten.sh 0.15.1
+# A second argument builds the CUDA kernels for those GPU architectures (NATTEN's NATTEN_CUDA_ARCH:
+# major.minor, ';'-separated, below 10.0 for these releases), also on a machine without a GPU
+# (FORCE_CUDA=1); without it NATTEN builds for the GPU it sees, or for the CPU only.
+#
+#   tools/build_legacy_natten.sh 0.15.1                 # CPU (or the GPU present)
+#   tools/build_legacy_natten.sh 0.15.1 "8.0;9.0"       # A100 and H100/H200 kernels
+#   DRY_RUN=1 tools/build_legacy_natten.sh 0.17.5 9.0   # print the build settings only
 set -euo pipefail
-version="${1:?usage: $0 NATTEN_VERSION (e.g. 0.15.1 or 0.17.5)}"
+version="${1:?usage: $0 NATTEN_VERSION [CUDA_ARCH_LIST] (e.g. 0.15.1 \"8.0;9.0\")}"
+arch_list="${2:-${NATTEN_CUDA_ARCH:-}}"
+if [ -n "$arch_list" ]; then
+    IFS=';' read -ra archs <<< "$arch_list"
+    for arch in "${archs[@]}"; do
+        if ! [[ "$arch" =~ ^[3-9]\.[0-9]$ ]]; then
+            echo "error: CUDA arch '$arch' in '$arch_list': NATTEN $version takes major.minor from 3.0 to 9.x," \
+                 "';'-separated (e.g. \"8.0;9.0\"; Blackwell's 10.0/12.0 need NATTEN >= 0.20)" >&2
+            exit 2
+        fi
+    done
+    export NATTEN_CUDA_ARCH="$arch_list" FORCE_CUDA=1
+fi
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "natten==$version NATTEN_CUDA_ARCH=${NATTEN_CUDA_ARCH:-} FORCE_CUDA=${FORCE_CUDA:-0}"
+    exit 0
+fi
 python=${PYTHON:-python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -19,6 +19,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-slowdown", default="10%")
     p.add_argument("--max-top1-drop", default="0.1", type=float)
     p.add_argument("--relative-to", default=None, help="divide speed by this model's, measured in the same file")
+    p.add_argument("--allow-device-mismatch", action="store_true",
+                   help="compare rows measured on different devices (refused by default, exit 2)")
 
     p = sub.add_parser("merge", help="merge CSVs from several machines / NATTEN versions")
     p.add_argument("inputs", nargs="+")
@@ -26,6 +28,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("boards", help="rebuild leaderboards and plot from a results dir's raw CSVs")
     p.add_argument("--results-dir", default="results")
+    p.add_argument("--include-flagged", action="store_true", help="also rank and plot rows that carry a flag")
 
     p = sub.add_parser("write", help="append rows from pytest-benchmark --benchmark-json output to a CSV")
     p.add_argument("json")
@@ -33,12 +36,13 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "compare":
-        return run_compare(args.base, args.new, args.max_slowdown, args.max_top1_drop, args.relative_to)
+        return run_compare(args.base, args.new, args.max_slowdown, args.max_top1_drop, args.relative_to,
+                           args.allow_device_mismatch)
     if args.command == "merge":
         table = merge(args.inputs, args.out)
         print(f"{len(table)} rows -> {args.out}")
     elif args.command == "boards":
-        for name, path in build_boards(args.results_dir).items():
+        for name, path in build_boards(args.results_dir, args.include_flagged).items():
             print(f"{name}: {path}")
     elif args.command == "write":
         rows = rows_from_benchmark_json(args.json)

@@ -20,6 +20,13 @@ CONFIG_COLUMNS = [
 ENV_COLUMNS = ["device", "natten", "torch"]
 
 
+def unflagged(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows without a ``flag`` (a reason to distrust them, e.g. ``noisy``): what boards rank and plot."""
+    if df.empty or "flag" not in df:
+        return df
+    return df[df["flag"].isna() | (df["flag"].astype(str).str.strip() == "")].reset_index(drop=True)
+
+
 def key_columns(df: pd.DataFrame, with_env: bool = True) -> List[str]:
     cols = [c for c in CONFIG_COLUMNS if c in df.columns]
     return cols + ([c for c in ENV_COLUMNS if c in df.columns] if with_env else [])
@@ -59,35 +66,59 @@ def accuracy_board(rows: pd.DataFrame) -> pd.DataFrame:
     return board
 
 
+def rank_within_device(board: pd.DataFrame) -> pd.DataFrame:
+    """Speed ranks (1 = most images/s) among the ok rows of each device; a CPU and a GPU never
+    share a ranking. Sorted by device, then by rank."""
+    board = board.copy()
+    ok = board["status"].fillna("ok").eq("ok") if "status" in board else pd.Series(True, index=board.index)
+    device = board["device"].astype(str) if "device" in board else pd.Series("", index=board.index)
+    for mode in ("infer", "train"):
+        column = f"{mode}_samples_per_sec"
+        if column in board:
+            ranks = board[column].where(ok).groupby(device).rank(ascending=False, method="min")
+            board[f"{mode}_rank_in_device"] = ranks.astype("Int64")
+    order = [c for c in ("device", "infer_rank_in_device", "train_rank_in_device") if c in board]
+    return board.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
+
+
 def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
-    """Inference throughput against top-1 (ImageNet rows) or, where no accuracy is known, params."""
+    """Inference throughput against top-1 (ImageNet rows) or, where no accuracy is known, params:
+    one panel per device, since images/s of a CPU and a GPU do not share an axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    speed = speed[speed.get("status", "ok") == "ok"] if "status" in speed else speed
+    speed = speed[speed["status"].fillna("ok") == "ok"] if "status" in speed else speed
     speed = speed.dropna(subset=["infer_samples_per_sec"]) if "infer_samples_per_sec" in speed else speed.iloc[0:0]
-    fig, ax = plt.subplots(figsize=(9, 6))
     y_col, y_label = "param_count", "params (M)"
     if not accuracy.empty and "top1_delta_vs_paper" in accuracy and accuracy["top1_delta_vs_paper"].notna().any():
         acc = accuracy[accuracy["top1_delta_vs_paper"].notna()][["model", "top1"]]
         speed = speed.merge(acc.drop_duplicates("model", keep="last"), on="model", how="inner")
         y_col, y_label = "top1", "ImageNet top-1 (%)"
-    for family, group in speed.groupby(speed["model"].map(_family)):
-        ax.scatter(group["infer_samples_per_sec"], group[y_col], label=family, s=30)
-        for i, (_, row) in enumerate(group.iterrows()):
-            name = row["model"] if str(row.get("backend", "")).startswith(("auto", "timm")) else f"{row['model']} [{row['backend']}]"
-            ax.annotate(name, (row["infer_samples_per_sec"], row[y_col]), fontsize=6, xytext=(4, 4 if i % 2 else -8),
-                        textcoords="offset points")
-    ax.set_xscale("log")
-    ax.legend(fontsize=8)
-    device = ", ".join(sorted(set(map(str, speed.get("device", pd.Series(dtype=str))))))
-    ax.set_xlabel(f"inference images/s ({device})" if device else "inference images/s")
-    ax.set_ylabel(y_label)
-    ax.set_title("dinat-timm: throughput vs " + ("accuracy" if y_col == "top1" else "size"))
-    ax.grid(True, alpha=0.3)
+    speed = speed.dropna(subset=[y_col]) if y_col in speed else speed.iloc[0:0]
+    devices = sorted(set(map(str, speed["device"]))) if "device" in speed and not speed.empty else [""]
+    fig, axes = plt.subplots(1, len(devices), figsize=(8 * len(devices), 6), squeeze=False)
+    for ax, device in zip(axes[0], devices):
+        rows = speed[speed["device"].astype(str) == device] if device else speed
+        for family, group in rows.groupby(rows["model"].map(_family)):
+            ax.scatter(group["infer_samples_per_sec"], group[y_col], label=family, s=30)
+            for i, (_, row) in enumerate(group.iterrows()):
+                name = row["model"] if str(row.get("backend", "")).startswith(("auto", "timm")) else f"{row['model']} [{row['backend']}]"
+                if rows["dtype"].nunique() > 1 if "dtype" in rows else False:
+                    name += f" {row['dtype']}"
+                if row.get("compile", 0) in (1, "1", True):
+                    name += " (compiled)"
+                ax.annotate(name, (row["infer_samples_per_sec"], row[y_col]), fontsize=6,
+                            xytext=(4, 4 if i % 2 else -8), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("inference images/s")
+        ax.set_ylabel(y_label)
+        ax.set_title(device or "throughput", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("dinat-timm: throughput vs " + ("accuracy" if y_col == "top1" else "size"))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -105,12 +136,14 @@ def _family(model: str) -> str:
     return "timm reference"
 
 
-def build_boards(results_dir) -> dict:
-    """Rewrite the leaderboards (and the plot) under ``results_dir`` from its raw CSVs."""
+def build_boards(results_dir, include_flagged: bool = False) -> dict:
+    """Rewrite the leaderboards (and the plot) under ``results_dir`` from its raw CSVs. Flagged
+    rows stay in the raw CSVs but out of the boards, unless ``include_flagged``."""
     results_dir = Path(results_dir)
     written = {}
-    speed = read_csv(results_dir / "throughput.csv")
-    memory = read_csv(results_dir / "memory.csv")
+    keep = (lambda df: df) if include_flagged else unflagged
+    speed = keep(read_csv(results_dir / "throughput.csv"))
+    memory = keep(read_csv(results_dir / "memory.csv"))
     accuracy = pd.concat(
         [read_csv(results_dir / n) for n in ("accuracy_imagenet.csv", "accuracy_generated.csv")], ignore_index=True
     )
@@ -120,7 +153,7 @@ def build_boards(results_dir) -> dict:
     if not acc_board.empty:
         write_csv_atomic(acc_board, results_dir / "leaderboard_accuracy.csv")
         written["accuracy"] = results_dir / "leaderboard_accuracy.csv"
-    ops = read_csv(results_dir / "op_speed.csv")
+    ops = keep(read_csv(results_dir / "op_speed.csv"))
     if not ops.empty:
         write_csv_atomic(latest(ops), results_dir / "leaderboard_op_speed.csv")
         written["op_speed"] = results_dir / "leaderboard_op_speed.csv"
@@ -131,6 +164,7 @@ def build_boards(results_dir) -> dict:
             pivot = mem.pivot_table(index=["model", "device"], columns="mode", values="peak_mem_mb", aggfunc="last")
             pivot.columns = [f"{c}_peak_mem_mb" for c in pivot.columns]
             speed_board = speed_board.merge(pivot.reset_index(), on=["model", "device"], how="left")
+        speed_board = rank_within_device(speed_board)
         write_csv_atomic(speed_board, results_dir / "leaderboard_speed.csv")
         written["speed"] = results_dir / "leaderboard_speed.csv"
         written["plot"] = plot(speed_board, acc_board, results_dir / "throughput_vs_top1.png")

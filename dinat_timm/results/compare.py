@@ -47,9 +47,40 @@ class Verdict:
         return self.regressions == 0
 
 
+class DeviceMismatch(ValueError):
+    """BASE and NEW were measured on different devices (a speed ratio across them means nothing)."""
+
+
+def _devices(df: pd.DataFrame) -> set:
+    return set(df["device"].dropna().astype(str)) if "device" in df else set()
+
+
+def check_devices(base: pd.DataFrame, new: pd.DataFrame) -> None:
+    base_devices, new_devices = _devices(base), _devices(new)
+    if base_devices and new_devices and base_devices != new_devices:
+        raise DeviceMismatch(
+            f"BASE was measured on {sorted(base_devices)} and NEW on {sorted(new_devices)}; rows of "
+            "different devices are not comparable (pass --allow-device-mismatch to compare them anyway)"
+        )
+
+
+def _by_device(df: pd.DataFrame) -> pd.DataFrame:
+    """The latest row per configuration and device: a CSV holding CPU and GPU rows keeps both."""
+    if df.empty or "device" not in df:
+        return latest(df, with_env=False)
+    keys = key_columns(df, with_env=False) + ["device"]
+    return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+
+
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
-            relative_to: Optional[str] = None) -> Verdict:
-    base, new = latest(base, with_env=False), latest(new, with_env=False)
+            relative_to: Optional[str] = None, allow_device_mismatch: bool = False) -> Verdict:
+    """Regressions of NEW against BASE. Rows pair up by configuration and, unless
+    ``allow_device_mismatch``, by device (different devices raise ``DeviceMismatch``)."""
+    if allow_device_mismatch:
+        base, new = latest(base, with_env=False), latest(new, with_env=False)
+    else:
+        check_devices(base, new)
+        base, new = _by_device(base), _by_device(new)
     for frame in (base, new):
         frame["status"] = frame["status"].fillna("ok") if "status" in frame else "ok"
     metrics = [m for m in HIGHER_IS_BETTER + LOWER_IS_BETTER if m in base.columns and m in new.columns]
@@ -57,6 +88,8 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
         speed = [m for m in metrics if m in HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"]]
         base, new = _relative(base, relative_to, speed), _relative(new, relative_to, speed)
     keys = [c for c in key_columns(base, with_env=False) if c in new.columns]
+    if not allow_device_mismatch and "device" in base.columns and "device" in new.columns:
+        keys.append("device")
     merged = base.merge(new, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
     rows = []
     for _, r in merged.iterrows():
@@ -89,8 +122,13 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     return Verdict(table, int(table["regression"].sum()) if not table.empty else 0)
 
 
-def run(base_path, new_path, max_slowdown, max_top1_drop, relative_to=None) -> int:
-    verdict = compare(read_csv(base_path), read_csv(new_path), parse_fraction(max_slowdown), float(max_top1_drop), relative_to)
+def run(base_path, new_path, max_slowdown, max_top1_drop, relative_to=None, allow_device_mismatch=False) -> int:
+    try:
+        verdict = compare(read_csv(base_path), read_csv(new_path), parse_fraction(max_slowdown), float(max_top1_drop),
+                          relative_to, allow_device_mismatch)
+    except DeviceMismatch as e:
+        print(f"compare: {e}")
+        return 2
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 90):
         print(verdict.table.to_string(index=False) if not verdict.table.empty else "(no comparable rows)")
     print(f"\nverdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
