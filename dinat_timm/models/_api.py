@@ -5,6 +5,7 @@ from typing import Callable, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
+from timm.layers import get_device_dtype
 from timm.models._features import feature_take_indices
 
 from ._blocks import NeighborhoodAttention2d, check_image_input
@@ -13,6 +14,15 @@ from ._blocks import NeighborhoodAttention2d, check_image_input
 class ClassifierModelMixin:
     """Expects ``self.head`` (a timm ``ClassifierHead`` on NHWC features), ``self.num_classes``,
     ``self.global_pool`` and ``forward_features``."""
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: say plainly why not, instead of a parse error deep inside
+        raise RuntimeError(
+            f"{type(self).__name__} is not TorchScript-scriptable: its attention picks a backend at run time "
+            "(fused Triton, NATTEN, pure PyTorch) and caches shape-dependent layouts, which TorchScript cannot "
+            "express. Use torch.export.export(model.eval(), (x,)) or torch.onnx.export(..., dynamo=True), "
+            "see the README's 'Export' section."
+        )
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -27,7 +37,8 @@ class ClassifierModelMixin:
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
+        # the model's device and dtype: after reset_classifier(0) the head has no parameter to take them from
+        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def set_attn_backend(self, backend: str) -> None:
         """Route every neighborhood attention through ``backend`` ("auto", "tiled", "natten"…)."""

@@ -10,11 +10,22 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
 
 from ..ops import neighborhood_attention_2d
 
 
+def channels_last_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous()``: free for the fused backends' output, already laid out as
+    ``[B, H, W, heads, D]``. Under export an unconditional copy instead: with a symbolic batch,
+    ONNX's decompositions cannot tell that a heads-major tensor is not contiguous and drop the
+    copy that ``contiguous`` (or ``reshape``) should make, then fail to view it."""
+    if getattr(torch.compiler, "is_exporting", lambda: False)():
+        return x.clone(memory_format=torch.contiguous_format)
+    return x.contiguous()
+
+
+@register_notrace_module  # torch.fx (timm's feature extraction): a leaf, its padding depends on the map size
 class NeighborhoodAttention2d(nn.Module):
     """Multi-head (dilated) neighborhood attention with relative position bias, on NHWC maps.
 
@@ -73,7 +84,7 @@ class NeighborhoodAttention2d(nn.Module):
         x = neighborhood_attention_2d(
             q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, backend=self.backend
         )
-        x = x.permute(0, 2, 3, 1, 4).reshape(batch, padded_h, padded_w, channels)
+        x = channels_last_contiguous(x.permute(0, 2, 3, 1, 4)).view(batch, padded_h, padded_w, channels)
         if pad_bottom or pad_right:
             x = x[:, :height, :width]
         return self.proj_drop(self.proj(x))
@@ -135,12 +146,22 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+@register_notrace_function  # torch.fx: a leaf call, checked on real tensors when the graph runs
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     """Readable errors for the inputs users most often get wrong."""
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (timm's FX feature extraction): nothing to check yet
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected an image tensor [B, C, H, W], got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D image tensor [B, C, H, W], got {x.dim()}-D of shape {tuple(x.shape)}")
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    if exporting and not all(isinstance(size, int) for size in x.shape[2:]):
+        raise ValueError(
+            "these models export with a static image size: the neighborhood layouts are functions of "
+            "the height and width, computed once at trace time. Only the batch can be dynamic, e.g. "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},); export once per image size you serve"
+        )
     if x.shape[1] != in_chans:
         raise ValueError(
             f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
@@ -153,9 +174,17 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
         )
 
 
+def linear_drop_path_rates(drop_path_rate: float, count: int) -> list:
+    """``count`` rates from 0 to ``drop_path_rate``, as ``torch.linspace`` gives them, without
+    making a tensor (which fails under ``with torch.device("meta")``)."""
+    if count <= 1:
+        return [0.0] * count
+    return [drop_path_rate * i / (count - 1) for i in range(count)]
+
+
 def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]):
     """Stochastic depth rising linearly over all blocks, split per stage (the original schedule)."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    rates = linear_drop_path_rates(drop_path_rate, sum(depths))
     out, start = [], 0
     for depth in depths:
         out.append(rates[start : start + depth])

@@ -98,6 +98,7 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
         self.dilations = resolve_dilations(dilations, depths)
         self.kernel_size = kernel_size
         self.min_input_size = stem_stride * 2 ** (len(depths) - 1)
+        self.output_fmt = "NHWC"  # forward_features' layout, as timm's Swin declares it
         self.grad_checkpointing = False
 
         dims = [embed_dim * 2**i for i in range(len(depths))]

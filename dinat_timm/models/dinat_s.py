@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
 from ._checkpoint import build_family_model, convert_original_hierarchical, filter_checkpoint, pretrained_cfg
@@ -19,6 +20,7 @@ from ._hierarchical import HierarchicalNAT
 __all__ = ["DiNAT_s"]
 
 
+@register_notrace_module  # torch.fx: a leaf, it pads by the input size
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch_size`` conv (input zero-padded to a multiple, as the original), LayerNorm, NHWC."""
 
@@ -37,6 +39,7 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
+@register_notrace_module  # torch.fx: a leaf, it pads by the input size
 class PatchMerging(nn.Module):
     """Swin's 2×2 merge (odd sizes zero-padded): concat in (0,0),(1,0),(0,1),(1,1) order, LayerNorm(4C), Linear to 2C."""
 

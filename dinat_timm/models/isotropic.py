@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, trunc_normal_
+from timm.layers import ClassifierHead, register_notrace_module, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..ops._cache import cached_constant
 from ._api import ClassifierModelMixin
-from ._blocks import NATBlock, check_image_input, init_weights
+from ._blocks import NATBlock, channels_last_contiguous, check_image_input, init_weights, linear_drop_path_rates
 from ._checkpoint import build_family_model, filter_checkpoint, head_fc_key, pretrained_cfg
 from .dinat_s import PatchEmbed
 
@@ -35,6 +35,7 @@ def _relative_index(height: int, width: int, table: int, device) -> Tuple[torch.
     return rows[None, :] - rows[:, None] + table - 1, cols[None, :] - cols[:, None] + table - 1
 
 
+@register_notrace_module  # torch.fx: a leaf, it indexes its bias by the token grid
 class GlobalAttentionRPB(nn.Module):
     """Multi-head self-attention over all tokens of an NHWC map, plus relative position bias.
 
@@ -69,7 +70,7 @@ class GlobalAttentionRPB(nn.Module):
         rows, cols = _relative_index(height, width, self.input_size, x.device)
         bias = self.rpb[:, rows, cols].to(q.dtype).unsqueeze(0)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        x = x.transpose(1, 2).reshape(batch, height, width, channels)
+        x = channels_last_contiguous(x.transpose(1, 2)).view(batch, height, width, channels)
         return self.proj_drop(self.proj(x))
 
 
@@ -117,10 +118,11 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         self.img_size = img_size
         self.min_input_size = patch_size
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.output_fmt = "NHWC"  # forward_features' layout, as timm's Swin declares it
         self.grad_checkpointing = False
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None, **dd)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = linear_drop_path_rates(drop_path_rate, depth)
         self.dilations = [1 if i % 2 == 0 else dilation for i in range(depth)]
         attn_layer = {}
         if attention == "global":

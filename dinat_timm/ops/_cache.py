@@ -1,20 +1,38 @@
 """Caching the index and mask tensors that depend only on shapes."""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 
 
+@contextlib.contextmanager
+def _real_tensors():
+    """Leave any fake-tensor and proxy tracing mode (``torch.export``, ``make_fx``): the layouts
+    are computed from Python ints, so they are built for real and enter a traced graph as
+    constants, instead of as traced index arithmetic whose ``int(tensor)`` export cannot guard."""
+    with contextlib.ExitStack() as stack:
+        try:
+            from torch._subclasses.fake_tensor import unset_fake_temporarily
+            from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+        except ImportError:  # older torch: nothing to leave
+            pass
+        else:
+            stack.enter_context(unset_fake_temporarily())
+            stack.enter_context(disable_proxy_modes_tracing())
+        yield
+
+
 def cached_constant(maxsize: int = 128):
-    """``lru_cache`` for functions returning constant tensors, built outside inference mode and
-    autograd: a tensor first made under ``torch.inference_mode()`` could not be used later in a
-    training step, and these are reused across both."""
+    """``lru_cache`` for functions returning constant tensors, built outside inference mode,
+    autograd and tracing: a tensor first made under ``torch.inference_mode()`` could not be used
+    later in a training step, and these are reused across both and across exports."""
 
     def decorate(fn):
         @functools.lru_cache(maxsize=maxsize)
         def build(*args):
-            with torch.inference_mode(False), torch.no_grad():
+            with _real_tensors(), torch.inference_mode(False), torch.no_grad():
                 return fn(*args)
 
         # torch.compile would trace through the cache and rebuild (and graph-break on) the index

@@ -212,8 +212,14 @@ def _attention_backward(q, k, v, bias, out, lse, grad_out, scale, grads):
     grad_bias.add_(grad_scores)
 
 
+def _exporting() -> bool:
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
 def _attention(q, k, v, bias, scale):
-    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled():
+    # exported graphs (torch.export, ONNX) get the standard op: they are for inference, and the
+    # custom backward below is an autograd.Function that ONNX's decompositions cannot re-trace
+    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled() and not _exporting():
         return _BiasedAttention.apply(q, k, v, bias, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
