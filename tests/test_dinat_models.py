@@ -178,8 +178,8 @@ def test_corrupt_checkpoint(hf_cache):
         timm.create_model("dinat_mini", pretrained=True)
 
 
-def test_weights_not_cached_offline(hf_cache):
-    with pytest.raises(RuntimeError, match="could not load pretrained weights for 'nat_mini'.*cache"):
+def test_weights_not_cached_offline(hf_cache, torch_hub_dir):
+    with pytest.raises(RuntimeError, match=r"no pretrained weights for 'nat_mini': offline .*not in a local cache"):
         timm.create_model("nat_mini", pretrained=True)
 
 
@@ -308,3 +308,42 @@ def test_auto_under_compile_picks_only_backends_that_compile():
     for device in ("cpu", "cuda"):
         assert all(BACKENDS[name].COMPILES for name in preference(device, compiling=True))
     assert preference("cuda", compiling=True)[0] == "triton"
+
+
+# -- where pretrained weights come from, offline ---------------------------------------------------------
+
+
+def test_offline_without_weights_fails_at_once_naming_files_caches_urls_and_the_file_option(hf_cache, torch_hub_dir):
+    import time
+
+    from dinat_timm.models._checkpoint import PretrainedWeightsUnavailable
+
+    start = time.perf_counter()
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        timm.create_model("dinat_tiny", pretrained=True)
+    assert time.perf_counter() - start < 5  # no retries against an unreachable Hub
+    message = str(info.value)
+    assert "offline" in message
+    assert str(hf_cache / "models--shi-labs--dinat-tiny-in1k-224") in message and "pytorch_model.bin" in message
+    assert str(torch_hub_dir / "checkpoints" / "dinat_tiny_in1k_224.pth") in message
+    assert "https://huggingface.co/shi-labs/dinat-tiny-in1k-224/resolve/main/pytorch_model.bin" in message
+    assert "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth" in message
+    assert "pretrained_cfg_overlay=dict(file=" in message
+
+
+def test_offline_the_original_pth_is_the_fallback_for_a_tag_whose_first_source_is_the_hub(hf_cache, torch_hub_dir):
+    """dinat_tiny.in1k names a Hub repo first; with only the original .pth cached, that is what loads."""
+    (torch_hub_dir / "checkpoints" / "dinat_tiny_in1k_224.pth").write_bytes(serialized(UPSTREAM["state_dict"]))
+    model = timm.create_model("dinat_tiny", pretrained=True, pretrained_cfg_overlay=dict(num_classes=10),
+                              **small_kwargs(UPSTREAM["config"])).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(UPSTREAM["input"]), UPSTREAM["logits"], atol=1e-4, rtol=0)
+
+
+def test_a_named_file_is_loaded_whatever_the_caches_hold(tmp_path, hf_cache, torch_hub_dir):
+    path = tmp_path / "mine.pth"
+    path.write_bytes(serialized(HF["state_dict"]))  # transformers layout, any file name
+    model = timm.create_model("dinat_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
+                              **small_kwargs(HF["config"])).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(HF["input"]), HF["logits"], atol=1e-4, rtol=0)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models._features import feature_take_indices
 
+from ..ops.chooser import check_backend_name
 from ._blocks import NeighborhoodAttention2d, check_image_input
 
 
@@ -41,7 +42,9 @@ class ClassifierModelMixin:
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def set_attn_backend(self, backend: str) -> None:
-        """Route every neighborhood attention through ``backend`` ("auto", "tiled", "natten"…)."""
+        """Route every neighborhood attention through ``backend`` ("auto", "triton", "tiled", "natten"…).
+        An unknown name is refused here; whether a known backend can serve a call is checked per call."""
+        check_backend_name(backend)
         for module in self.modules():
             if isinstance(module, NeighborhoodAttention2d):
                 module.backend = backend

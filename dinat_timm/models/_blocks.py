@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
 
 from ..ops import neighborhood_attention_2d
+from ..ops.chooser import check_backend_name
 
 
 def channels_last_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,7 @@ class NeighborhoodAttention2d(nn.Module):
                 "attention dropout is not supported: the exact fused backends never materialise the "
                 "attention matrix (the published DiNAT/NAT models all use attn_drop=0)"
             )
+        check_backend_name(backend)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim**-0.5

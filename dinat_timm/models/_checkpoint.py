@@ -1,8 +1,13 @@
 """Shared helpers for the families' ``checkpoint_filter_fn``: unwrapping, validation, rpb resizing."""
 from __future__ import annotations
 
+import os
 import re
-from typing import Dict, Iterable
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -126,23 +131,123 @@ def pretrained_cfg(url: str, **kwargs) -> Dict:
     }
 
 
+# -- where pretrained weights come from ------------------------------------------------------------------
+
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a Hub repo, safe first
+_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class WeightSources:
+    """Every place a tag's weights can come from, in timm's order: the Hub repo, then the URL."""
+
+    hf_repo: Optional[str]
+    url: Optional[str]
+
+    def hf_cache_files(self) -> List[Path]:
+        from huggingface_hub import constants
+
+        if not self.hf_repo:
+            return []
+        repo = Path(constants.HF_HUB_CACHE) / ("models--" + self.hf_repo.replace("/", "--"))
+        return [repo / "snapshots" / "<revision>" / name for name in _HF_FILES]
+
+    def url_cache_file(self) -> Optional[Path]:
+        if not self.url:
+            return None
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(self.url).path)
+
+    def cached(self) -> Optional[str]:
+        """A local copy timm would use, or None."""
+        if self.hf_repo:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in _HF_FILES:
+                found = try_to_load_from_cache(self.hf_repo, name)
+                if isinstance(found, str) and os.path.isfile(found):
+                    return found
+        local = self.url_cache_file()
+        return str(local) if local is not None and local.is_file() else None
+
+    def download_urls(self) -> List[str]:
+        urls = [f"https://huggingface.co/{self.hf_repo}/resolve/main/{name}" for name in _HF_FILES] if self.hf_repo else []
+        return urls + ([self.url] if self.url else [])
+
+    def explain(self, variant: str, why: str) -> str:
+        lines = [f"no pretrained weights for {variant!r}: {why}.", "Place one of these files and call again:"]
+        for path in self.hf_cache_files():
+            lines.append(f"  Hugging Face cache: {path}  (huggingface-cli download {self.hf_repo} {path.name})")
+        if self.url_cache_file() is not None:
+            lines.append(f"  torch hub cache:    {self.url_cache_file()}")
+        lines.append("downloadable from:")
+        lines += [f"  {url}" for url in self.download_urls()]
+        lines.append(f"or pass a file you have: timm.create_model({variant!r}, pretrained=True, "
+                     "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))  (.pth, .bin or .safetensors; "
+                     "original or transformers layout)")
+        return "\n".join(lines)
+
+
+def _reachable(url: str) -> bool:
+    """Whether ``url``'s host accepts a connection within a few seconds (instead of a client's retries)."""
+    parts = urlparse(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_weight_source(variant: str, kwargs: Dict) -> Dict:
+    """Point timm at a local copy when there is one, try the URL when the Hub is out of reach,
+    and fail at once, saying what to place where, when no source can serve."""
+    from timm.models._builder import resolve_pretrained_cfg
+
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
+    if cfg.file or cfg.state_dict:  # the caller named the weights
+        return kwargs
+    sources = WeightSources(cfg.hf_hub_id, cfg.url)
+    local = sources.cached()
+    if local:
+        overlay["file"] = local
+    elif _offline():
+        raise PretrainedWeightsUnavailable(sources.explain(variant, "offline (HF_HUB_OFFLINE) and not in a local cache"))
+    else:
+        hub_up = bool(sources.hf_repo) and _reachable("https://huggingface.co")
+        if not hub_up and sources.url and _reachable(sources.url):
+            overlay["hf_hub_id"] = None  # the Hub is out of reach: timm takes the URL
+        elif not hub_up:
+            raise PretrainedWeightsUnavailable(sources.explain(variant, "neither huggingface.co nor the URL's host could be reached"))
+    return dict(kwargs, pretrained_cfg_overlay=overlay)
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """No source of a tag's weights is reachable or cached; the message says what to place where."""
+
+
 def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num_features: int, **kwargs):
     """``build_model_with_cfg`` with timm's feature getter over ``num_features`` stages or blocks,
-    and a load failure reported as which weights failed and why."""
+    weights from whichever source can serve them, and a load failure reported as which weights
+    failed and why."""
     from timm.models import build_model_with_cfg
 
     out_indices = kwargs.pop("out_indices", tuple(range(num_features)))
     feature_cfg = dict(out_indices=out_indices, feature_cls="getter")
+    if pretrained:
+        kwargs = resolve_weight_source(variant, kwargs)
     try:
         return build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs
         )
-    except CheckpointMismatchError:
+    except (CheckpointMismatchError, PretrainedWeightsUnavailable):
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with context below
         if not pretrained or isinstance(e, TypeError):
             raise
-        hint = ""
-        if isinstance(e, (OSError, FileNotFoundError)) or "offline" in str(e).lower():
-            hint = " (not in the local Hugging Face / torch hub cache, and downloads are off or failed)"
-        raise RuntimeError(f"could not load pretrained weights for {variant!r}{hint}: {type(e).__name__}: {e}") from e
+        raise RuntimeError(f"could not load pretrained weights for {variant!r}: {type(e).__name__}: {e}") from e

@@ -31,6 +31,12 @@ def preference(device_type: str, compiling: bool = False) -> List[str]:
     return order
 
 
+def check_backend_name(name: str) -> None:
+    """Refuse a name that is neither ``"auto"`` nor a backend, listing the names."""
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+
+
 def why_not(name: str, query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool) -> Optional[str]:
     """None if backend ``name`` can compute this call exactly, else the reason it cannot."""
     if name not in BACKENDS:
