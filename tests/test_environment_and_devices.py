@@ -92,7 +92,7 @@ def test_compare_refuses_rows_of_different_devices(tmp_path):
     append_rows(tmp_path / "gpu.csv", _speed_rows("NVIDIA H200", 4000, 5000))
     cli = subprocess.run([sys.executable, "-m", "dinat_timm.results", "compare", tmp_path / "cpu.csv", tmp_path / "gpu.csv"],
                          cwd=ROOT, capture_output=True, text=True)
-    assert cli.returncode == 2 and "not comparable" in cli.stdout
+    assert cli.returncode == 2 and "not comparable" in cli.stderr
 
 
 def test_compare_keeps_each_devices_rows_of_a_mixed_file():

@@ -7,8 +7,11 @@ Only exact backends are candidates, in order of measured speed for the device:
   (lower is faster), where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the NATTEN >= 0.20
   / flex paths are unfused and forward-only on CPU (`results/leaderboard_op_speed.csv`).
 - CUDA: ``triton`` (fused, with the bias and its gradient), then NATTEN's kernels where installed
-  (``natten`` only without ``rpb``), then ``tiled``. On an H200 in bf16 at batch 64, ``tiled``
-  took 2.9–7.0× window attention forward; see ``results/leaderboard_op_speed.csv`` for ``triton``.
+  (``natten`` only without ``rpb``; not measured against ``triton`` here, so ``triton`` stays
+  first), then ``tiled``. On an H200 in bf16 at batch 64 and DiNAT-tiny's stage shapes, ``triton``
+  took 1.11–2.34× window attention's time forward and 1.68–2.16× forward+backward, ``tiled``
+  3.1–5.8× and 2.1–3.8×; dinat_tiny at batch 128 ran 4452 images/s inference on ``triton`` against
+  2890 on ``tiled`` (``results/README.md``).
   Compiled ``flex`` is never chosen: on the same H200 it took up to 30.6× forward and 134×
   forward+backward (56², dilation 8), since a 128-token block of a row-major map meets many key blocks.
 - Under ``torch.compile`` only backends that trace without a graph break (``COMPILES``) are

@@ -81,9 +81,15 @@ def rank_within_device(board: pd.DataFrame) -> pd.DataFrame:
     return board.sort_values(order, na_position="last", kind="stable").reset_index(drop=True)
 
 
+def plot_name(accuracy: pd.DataFrame) -> str:
+    has_top1 = not accuracy.empty and "top1_delta_vs_paper" in accuracy and accuracy["top1_delta_vs_paper"].notna().any()
+    return "throughput_vs_top1.png" if has_top1 else "throughput_vs_params.png"
+
+
 def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
-    """Inference throughput against top-1 (ImageNet rows) or, where no accuracy is known, params:
-    one panel per device, since images/s of a CPU and a GPU do not share an axis."""
+    """Inference images/s against ImageNet top-1 (where accuracy rows exist) or params, one panel per
+    device (a CPU's and a GPU's images/s share no axis). Points are numbered; a table beside each
+    panel names them, with backend, dtype, commit and date, so no label overlaps another."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,38 +98,62 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
     out = Path(out)
     speed = speed[speed["status"].fillna("ok") == "ok"] if "status" in speed else speed
     speed = speed.dropna(subset=["infer_samples_per_sec"]) if "infer_samples_per_sec" in speed else speed.iloc[0:0]
-    y_col, y_label = "param_count", "params (M)"
-    if not accuracy.empty and "top1_delta_vs_paper" in accuracy and accuracy["top1_delta_vs_paper"].notna().any():
+    y_col, y_label, what = "param_count", "params (M)", "size"
+    if plot_name(accuracy) == "throughput_vs_top1.png":
         acc = accuracy[accuracy["top1_delta_vs_paper"].notna()][["model", "top1"]]
         speed = speed.merge(acc.drop_duplicates("model", keep="last"), on="model", how="inner")
-        y_col, y_label = "top1", "ImageNet top-1 (%)"
+        y_col, y_label, what = "top1", "ImageNet top-1 (%)", "ImageNet top-1"
     speed = speed.dropna(subset=[y_col]) if y_col in speed else speed.iloc[0:0]
     devices = sorted(set(map(str, speed["device"]))) if "device" in speed and not speed.empty else [""]
-    fig, axes = plt.subplots(1, len(devices), figsize=(8 * len(devices), 6), squeeze=False)
-    for ax, device in zip(axes[0], devices):
-        rows = speed[speed["device"].astype(str) == device] if device else speed
-        for family, group in rows.groupby(rows["model"].map(_family)):
-            ax.scatter(group["infer_samples_per_sec"], group[y_col], label=family, s=30)
-            for i, (_, row) in enumerate(group.iterrows()):
-                name = row["model"] if str(row.get("backend", "")).startswith(("auto", "timm")) else f"{row['model']} [{row['backend']}]"
-                if rows["dtype"].nunique() > 1 if "dtype" in rows else False:
-                    name += f" {row['dtype']}"
-                if row.get("compile", 0) in (1, "1", True):
-                    name += " (compiled)"
-                ax.annotate(name, (row["infer_samples_per_sec"], row[y_col]), fontsize=6,
-                            xytext=(4, 4 if i % 2 else -8), textcoords="offset points")
+    tallest = max([1] + [int((speed["device"].astype(str) == d).sum()) for d in devices if d])
+    fig, axes = plt.subplots(1, 2 * len(devices), figsize=(13 * len(devices), max(5.5, 0.22 * tallest + 1.5)),
+                             squeeze=False, gridspec_kw=dict(width_ratios=[1.25, 1] * len(devices)))
+    markers = dict(zip(["DiNAT / NAT", "DiNAT_s", "isotropic / ViT-rpb", "timm reference"], "oDs^"))
+    for i, device in enumerate(devices):
+        ax, table_ax = axes[0][2 * i], axes[0][2 * i + 1]
+        rows = (speed[speed["device"].astype(str) == device] if device else speed)
+        rows = rows.sort_values("infer_samples_per_sec", ascending=False).reset_index(drop=True)
+        lines = []
+        for number, row in enumerate(rows.itertuples(index=False), start=1):
+            row = row._asdict()
+            family = _family(row["model"])
+            ax.scatter(row["infer_samples_per_sec"], row[y_col], marker=markers.get(family, "o"), s=36,
+                       color=f"C{list(markers).index(family) if family in markers else 0}",
+                       label=family if family not in ax.get_legend_handles_labels()[1] else None)
+            ax.annotate(str(number), (row["infer_samples_per_sec"], row[y_col]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+            lines.append(f"{number:>2} {row['model']}  {_setting(row)}  {row['infer_samples_per_sec']:.4g}/s")
         ax.set_xscale("log")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
         ax.set_xlabel("inference images/s")
         ax.set_ylabel(y_label)
         ax.set_title(device or "throughput", fontsize=10)
         ax.grid(True, alpha=0.3)
-    fig.suptitle("dinat-timm: throughput vs " + ("accuracy" if y_col == "top1" else "size"))
+        table_ax.axis("off")
+        table_ax.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7,
+                      transform=table_ax.transAxes)
+    fig.suptitle(f"dinat-timm: inference throughput vs {what} (rows flagged noisy or impossible left out)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _setting(row) -> str:
+    parts = [str(row.get("backend", ""))]
+    for column, fmt in (("dtype", "{}"), ("infer_batch_size", "b{:g}")):
+        value = row.get(column)
+        if value is not None and not (isinstance(value, float) and pd.isna(value)):
+            parts.append(fmt.format(value))
+    if row.get("compile") in (1, "1", True):
+        parts.append("compiled")
+    commit, stamp = row.get("git_commit"), str(row.get("timestamp", ""))[:10]
+    if commit is not None and not (isinstance(commit, float) and pd.isna(commit)):
+        parts.append(f"@{commit}")
+    if stamp and stamp != "nan":
+        parts.append(stamp)
+    return " ".join(parts)
 
 
 def _family(model: str) -> str:
@@ -136,24 +166,33 @@ def _family(model: str) -> str:
     return "timm reference"
 
 
+def raw_rows(results_dir, name: str) -> pd.DataFrame:
+    """``name``'s rows in ``results_dir`` and in every run directory under it (``runs/*/``), oldest run first."""
+    results_dir = Path(results_dir)
+    paths = [results_dir / name] + sorted((results_dir / "runs").glob(f"*/{name}"))
+    frames = [f for f in (read_csv(p) for p in paths) if not f.empty]
+    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+
+
 def build_boards(results_dir, include_flagged: bool = False) -> dict:
-    """Rewrite the leaderboards (and the plot) under ``results_dir`` from its raw CSVs. Flagged
-    rows stay in the raw CSVs but out of the boards, unless ``include_flagged``."""
+    """Rewrite the leaderboards (and the plot) under ``results_dir`` from its raw CSVs and those of
+    the run directories under it. Flagged rows stay in the raw CSVs but out of the boards, unless
+    ``include_flagged``."""
     results_dir = Path(results_dir)
     written = {}
     keep = (lambda df: df) if include_flagged else unflagged
-    speed = keep(read_csv(results_dir / "throughput.csv"))
-    memory = keep(read_csv(results_dir / "memory.csv"))
-    accuracy = pd.concat(
-        [read_csv(results_dir / n) for n in ("accuracy_imagenet.csv", "accuracy_generated.csv")], ignore_index=True
-    )
+    speed = keep(raw_rows(results_dir, "throughput.csv"))
+    memory = keep(raw_rows(results_dir, "memory.csv"))
+    accuracy = keep(pd.concat(
+        [raw_rows(results_dir, n) for n in ("accuracy_imagenet.csv", "accuracy_generated.csv")], ignore_index=True
+    ))
     write_csv_atomic(paper_table(), results_dir / "paper.csv")
     written["paper"] = results_dir / "paper.csv"
     acc_board = accuracy_board(accuracy)
     if not acc_board.empty:
         write_csv_atomic(acc_board, results_dir / "leaderboard_accuracy.csv")
         written["accuracy"] = results_dir / "leaderboard_accuracy.csv"
-    ops = keep(read_csv(results_dir / "op_speed.csv"))
+    ops = keep(raw_rows(results_dir, "op_speed.csv"))
     if not ops.empty:
         write_csv_atomic(latest(ops), results_dir / "leaderboard_op_speed.csv")
         written["op_speed"] = results_dir / "leaderboard_op_speed.csv"
@@ -167,5 +206,9 @@ def build_boards(results_dir, include_flagged: bool = False) -> dict:
         speed_board = rank_within_device(speed_board)
         write_csv_atomic(speed_board, results_dir / "leaderboard_speed.csv")
         written["speed"] = results_dir / "leaderboard_speed.csv"
-        written["plot"] = plot(speed_board, acc_board, results_dir / "throughput_vs_top1.png")
+        name = plot_name(acc_board)
+        stale = results_dir / ({"throughput_vs_top1.png", "throughput_vs_params.png"} - {name}).pop()
+        if stale.exists():  # the plot changed what it shows: keep one file, named by its axes
+            stale.unlink()
+        written["plot"] = plot(speed_board, acc_board, results_dir / name)
     return written

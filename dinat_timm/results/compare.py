@@ -6,6 +6,7 @@ otherwise as the raw figure. Accuracy is compared in top-1 points.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -47,8 +48,33 @@ class Verdict:
         return self.regressions == 0
 
 
-class DeviceMismatch(ValueError):
+class Refused(ValueError):
+    """The two CSVs cannot be compared as asked; the message says why (the CLI exits 2)."""
+
+
+class DeviceMismatch(Refused):
     """BASE and NEW were measured on different devices (a speed ratio across them means nothing)."""
+
+
+def check_same_kind(base: pd.DataFrame, new: pd.DataFrame) -> None:
+    """Both CSVs hold rows of one suite (throughput against memory is no comparison)."""
+    kinds = [set(df["suite"].dropna().astype(str)) if "suite" in df else set() for df in (base, new)]
+    if kinds[0] and kinds[1] and not kinds[0] & kinds[1]:
+        raise Refused(f"BASE holds {sorted(kinds[0])} rows and NEW {sorted(kinds[1])} rows: compare CSVs of the same suite")
+
+
+def check_unflagged(base: pd.DataFrame, new: pd.DataFrame) -> None:
+    """Rows flagged as untrustworthy (``noisy``, ``impossible``…) are no basis for a verdict."""
+    for name, df in (("BASE", base), ("NEW", new)):
+        if "flag" not in df:
+            continue
+        flagged = df[df["flag"].notna() & (df["flag"].astype(str).str.strip() != "")]
+        if len(flagged):
+            first = flagged.iloc[0]
+            raise Refused(
+                f"{name} has {len(flagged)} flagged row(s), e.g. {first.get('model', '?')}: {first['flag']}; "
+                "re-measure on an idle machine, or pass --include-flagged to compare them anyway"
+            )
 
 
 def _devices(df: pd.DataFrame) -> set:
@@ -72,10 +98,48 @@ def _by_device(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
 
 
+def mode_of(row) -> str:
+    """infer / train (throughput rows carry one of the two), fwd / fwd_bwd (op rows), or the row's own."""
+    for column, mode in (("infer_samples_per_sec", "infer"), ("train_samples_per_sec", "train")):
+        value = row.get(column)
+        if value is not None and pd.notna(value):
+            return mode
+    mode = row.get("mode")
+    return str(mode) if mode is not None and pd.notna(mode) else ""
+
+
+_LABEL = [("model", "{}"), ("mode", "{}"), ("dtype", "{}"), ("infer_batch_size", "b{:g}"), ("train_batch_size", "b{:g}"),
+          ("batch", "b{:g}"), ("map_size", "{:g}²"), ("dilation", "d{:g}"), ("backend", "{}"), ("compile", "compiled"),
+          ("channels_last", "channels-last"), ("device", "@{}")]
+
+
+def label_of(row) -> str:
+    """A short configuration label: model, mode, dtype, batch, backend, device (what differs between rows)."""
+    parts = []
+    for column, fmt in _LABEL:
+        value = mode_of(row) if column == "mode" else row.get(column)
+        if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
+            continue
+        if column in ("compile", "channels_last"):
+            if value in (1, "1", True):
+                parts.append(fmt)
+            continue
+        try:
+            parts.append(fmt.format(value))
+        except (ValueError, TypeError):
+            parts.append(str(value))
+    return " ".join(parts)
+
+
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
-            relative_to: Optional[str] = None, allow_device_mismatch: bool = False) -> Verdict:
+            relative_to: Optional[str] = None, allow_device_mismatch: bool = False,
+            include_flagged: bool = False) -> Verdict:
     """Regressions of NEW against BASE. Rows pair up by configuration and, unless
-    ``allow_device_mismatch``, by device (different devices raise ``DeviceMismatch``)."""
+    ``allow_device_mismatch``, by device. CSVs of different suites, of different devices, or with
+    flagged rows are refused (``Refused``), the last two unless told otherwise."""
+    check_same_kind(base, new)
+    if not include_flagged:
+        check_unflagged(base, new)
     if allow_device_mismatch:
         base, new = latest(base, with_env=False), latest(new, with_env=False)
     else:
@@ -93,7 +157,10 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     merged = base.merge(new, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
     rows = []
     for _, r in merged.iterrows():
-        label = " ".join(f"{k}={r[k]}" for k in keys if pd.notna(r[k]) and k not in ("suite",))
+        row = {k: r[k] for k in keys}
+        for m in ("infer_samples_per_sec", "train_samples_per_sec"):
+            row[m] = r.get(f"{m}_new") if pd.notna(r.get(f"{m}_new", float("nan"))) else r.get(f"{m}_base")
+        label = label_of(row)
         if r["_merge"] == "left_only":
             rows.append(dict(config=label, metric="-", base=None, new=None, change="missing in NEW", regression=True))
             continue
@@ -122,15 +189,18 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     return Verdict(table, int(table["regression"].sum()) if not table.empty else 0)
 
 
-def run(base_path, new_path, max_slowdown, max_top1_drop, relative_to=None, allow_device_mismatch=False) -> int:
+def run(base_path, new_path, max_slowdown, max_top1_drop, relative_to=None, allow_device_mismatch=False,
+        only_regressions=False, include_flagged=False) -> int:
     try:
         verdict = compare(read_csv(base_path), read_csv(new_path), parse_fraction(max_slowdown), float(max_top1_drop),
-                          relative_to, allow_device_mismatch)
-    except DeviceMismatch as e:
-        print(f"compare: {e}")
+                          relative_to, allow_device_mismatch, include_flagged)
+    except Refused as e:
+        print(f"error: compare: {e}", file=sys.stderr)
         return 2
-    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 90):
-        print(verdict.table.to_string(index=False) if not verdict.table.empty else "(no comparable rows)")
+    table = verdict.table[verdict.table["regression"]] if only_regressions else verdict.table
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 80):
+        print(table.to_string(index=False) if not table.empty else
+              ("(no regressions)" if only_regressions and not verdict.table.empty else "(no comparable rows)"))
     print(f"\nverdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
           f"(max slowdown {parse_fraction(max_slowdown):.0%}, max top-1 drop {max_top1_drop} pt"
           f"{', speed relative to ' + relative_to if relative_to else ''})")
