@@ -47,14 +47,19 @@ def _decode_tile(pid_tile, tiles_r, tiles_c, dilation, height, width, TILE_R: tl
 
 
 @triton.jit
-def _query_tile(r0, c0, len_r, len_c, TILE_R: tl.constexpr, TILE_C: tl.constexpr, KS: tl.constexpr):
+def _tile_positions(r0, c0, len_r, len_c, TILE_R: tl.constexpr, TILE_C: tl.constexpr):
+    """Sub-grid (row, col) of a tile's slots, row-major, and which slots lie on the sub-grid. Slots
+    past a short sub-grid's end are clamped to its last position: computed, never stored."""
     m = tl.arange(0, TILE_R * TILE_C)
-    qr = r0 + m // TILE_C
-    qc = c0 + m % TILE_C
-    valid = (qr < len_r) & (qc < len_c)
-    # slots past a short sub-grid's end compute a copy of its last query and are never stored
-    qr = tl.minimum(qr, len_r - 1)
-    qc = tl.minimum(qc, len_c - 1)
+    row = r0 + m // TILE_C
+    col = c0 + m % TILE_C
+    valid = (row < len_r) & (col < len_c)
+    return tl.minimum(row, len_r - 1), tl.minimum(col, len_c - 1), valid
+
+
+@triton.jit
+def _query_tile(r0, c0, len_r, len_c, TILE_R: tl.constexpr, TILE_C: tl.constexpr, KS: tl.constexpr):
+    qr, qc, valid = _tile_positions(r0, c0, len_r, len_c, TILE_R, TILE_C)
     return qr, qc, valid, _window_start(qr, len_r, KS), _window_start(qc, len_c, KS)
 
 
@@ -90,6 +95,33 @@ def _load_rows(base, row, col, s_row, s_col, dilation, a_r, a_c, d, mask, BLOCK_
 
 
 @triton.jit
+def _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R: tl.constexpr, TILE_C: tl.constexpr):
+    """(image, head, sub-grid offsets, first tile row/col, sub-grid lengths) of this program."""
+    pid_bh = tl.program_id(0)
+    a_r, a_c, r0, c0, len_r, len_c = _decode_tile(tl.program_id(1), tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
+    return (pid_bh // heads).to(tl.int64), pid_bh % heads, a_r, a_c, r0, c0, len_r, len_c
+
+
+@triton.jit
+def _halo_origin(r0, c0, len_r, len_c, KS: tl.constexpr):
+    """Sub-grid position of the first key of a query tile's halo: its first query's window start."""
+    return _window_start(tl.minimum(r0, len_r - 1), len_r, KS), _window_start(tl.minimum(c0, len_c - 1), len_c, KS)
+
+
+@triton.jit
+def _key_chunk(k_base, v_base, skr, skc, svr, svc, halo_r, halo_c, chunk, dilation, a_r, a_c, len_r, len_c, d, head_dim,
+               CHUNK_R: tl.constexpr, HALO_C: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Halo rows ``[chunk·CHUNK_R, +CHUNK_R)`` of a query tile: key and value vectors, and their positions."""
+    n = tl.arange(0, CHUNK_R * HALO_C)
+    kr = halo_r + chunk * CHUNK_R + n // HALO_C
+    kc = halo_c + n % HALO_C
+    k_ok = (kr < len_r) & (kc < len_c)
+    k = _load_rows(k_base, kr, kc, skr, skc, dilation, a_r, a_c, d, k_ok, BLOCK_D, head_dim)
+    v = _load_rows(v_base, kr, kc, svr, svc, dilation, a_r, a_c, d, k_ok, BLOCK_D, head_dim)
+    return kr, kc, k, v
+
+
+@triton.jit
 def na2d_fwd_kernel(
     Q, K, V, RPB, OUT, LSE,
     sqb, sqh, sqr, sqc, skb, skh, skr, skc, svb, svh, svr, svc, sob, soh, sor, soc,
@@ -97,30 +129,19 @@ def na2d_fwd_kernel(
     KS: tl.constexpr, HAS_RPB: tl.constexpr, TILE_R: tl.constexpr, TILE_C: tl.constexpr,
     HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    b = (pid_bh // heads).to(tl.int64)
-    h = pid_bh % heads
-    a_r, a_c, r0, c0, len_r, len_c = _decode_tile(tl.program_id(1), tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
+    b, h, a_r, a_c, r0, c0, len_r, len_c = _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
     qr, qc, q_valid, wr, wc = _query_tile(r0, c0, len_r, len_c, TILE_R, TILE_C, KS)
     d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q + b * sqb + h * sqh, qr, qc, sqr, sqc, dilation, a_r, a_c, d, q_valid | True, BLOCK_D, head_dim)
     rpb_head = RPB + h * (2 * KS - 1) * (2 * KS - 1)
-
-    halo_r = _window_start(tl.minimum(r0, len_r - 1), len_r, KS)
-    halo_c = _window_start(tl.minimum(c0, len_c - 1), len_c, KS)
-    n = tl.arange(0, CHUNK_R * HALO_C)
-    kc = halo_c + n % HALO_C
-    k_base = K + b * skb + h * skh
-    v_base = V + b * svb + h * svh
+    halo_r, halo_c = _halo_origin(r0, c0, len_r, len_c, KS)
 
     m_i = tl.full([TILE_R * TILE_C], float("-inf"), tl.float32)
     l_i = tl.zeros([TILE_R * TILE_C], tl.float32)
     acc = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
     for chunk in range(0, (TILE_R + KS + CHUNK_R - 2) // CHUNK_R):
-        kr = halo_r + chunk * CHUNK_R + n // HALO_C
-        k_ok = (kr < len_r) & (kc < len_c)
-        k = _load_rows(k_base, kr, kc, skr, skc, dilation, a_r, a_c, d, k_ok, BLOCK_D, head_dim)
-        v = _load_rows(v_base, kr, kc, svr, svc, dilation, a_r, a_c, d, k_ok, BLOCK_D, head_dim)
+        kr, kc, k, v = _key_chunk(K + b * skb + h * skh, V + b * svb + h * svh, skr, skc, svr, svc, halo_r, halo_c, chunk,
+                                  dilation, a_r, a_c, len_r, len_c, d, head_dim, CHUNK_R, HALO_C, BLOCK_D)
         s, _ = _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2, KS, HAS_RPB, PRECISION, UPCAST)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key of this query in the chunk yet
@@ -147,11 +168,7 @@ def na2d_bwd_dq_kernel(
     HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BINS_R: tl.constexpr, BINS_C: tl.constexpr, SPLIT_BINS: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_tile = tl.program_id(1)
-    b = (pid_bh // heads).to(tl.int64)
-    h = pid_bh % heads
-    a_r, a_c, r0, c0, len_r, len_c = _decode_tile(pid_tile, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
+    b, h, a_r, a_c, r0, c0, len_r, len_c = _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
     qr, qc, q_valid, wr, wc = _query_tile(r0, c0, len_r, len_c, TILE_R, TILE_C, KS)
     d = tl.arange(0, BLOCK_D)
     every = q_valid | True
@@ -163,13 +180,7 @@ def na2d_bwd_dq_kernel(
     lse = tl.load(LSE + lse_off)
     tl.store(DELTA + lse_off, delta, mask=q_valid)
     rpb_head = RPB + h * (2 * KS - 1) * (2 * KS - 1)
-
-    halo_r = _window_start(tl.minimum(r0, len_r - 1), len_r, KS)
-    halo_c = _window_start(tl.minimum(c0, len_c - 1), len_c, KS)
-    n = tl.arange(0, CHUNK_R * HALO_C)
-    kc = halo_c + n % HALO_C
-    k_base = K + b * skb + h * skh
-    v_base = V + b * svb + h * svh
+    halo_r, halo_c = _halo_origin(r0, c0, len_r, len_c, KS)
 
     dq = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
     if RPB_GRAD:
@@ -181,10 +192,8 @@ def na2d_bwd_dq_kernel(
         jr = tl.arange(0, BINS_R)
         bins = tl.zeros([BINS_R, BINS_C], tl.float32)
     for chunk in range(0, (TILE_R + KS + CHUNK_R - 2) // CHUNK_R):
-        kr = halo_r + chunk * CHUNK_R + n // HALO_C
-        k_ok = (kr < len_r) & (kc < len_c)
-        k = _load_rows(k_base, kr, kc, skr, skc, dilation, a_r, a_c, d, k_ok, BLOCK_D, head_dim)
-        v = _load_rows(v_base, kr, kc, svr, svc, dilation, a_r, a_c, d, k_ok, BLOCK_D, head_dim)
+        kr, kc, k, v = _key_chunk(K + b * skb + h * skh, V + b * svb + h * svh, skr, skc, svr, svc, halo_r, halo_c, chunk,
+                                  dilation, a_r, a_c, len_r, len_c, d, head_dim, CHUNK_R, HALO_C, BLOCK_D)
         s, inside = _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2, KS, HAS_RPB, PRECISION, UPCAST)
         p = tl.where(inside & q_valid[:, None], tl.exp2(s - lse[:, None]), 0.0)
         dp = _mma(do, tl.trans(v), PRECISION, UPCAST)
@@ -217,7 +226,7 @@ def na2d_bwd_dq_kernel(
         span = 2 * KS - 1
         br = jr - (TILE_R - 1) + halo_r - r0 + KS - 1
         bc = jc - (TILE_C - 1) + halo_c - c0 + KS - 1
-        slot = DRPB + (pid_bh.to(tl.int64) * tl.num_programs(1) + pid_tile) * span * span
+        slot = DRPB + (tl.program_id(0).to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * span * span
         ok = (br[:, None] >= 0) & (br[:, None] < span) & (bc[None, :] >= 0) & (bc[None, :] < span)
         tl.store(slot + br[:, None] * span + bc[None, :], bins, mask=ok)
 
@@ -243,16 +252,8 @@ def na2d_bwd_dkdv_kernel(
     KS: tl.constexpr, HAS_RPB: tl.constexpr, TILE_R: tl.constexpr, TILE_C: tl.constexpr,
     CHUNK_QR: tl.constexpr, CHUNK_QC: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    b = (pid_bh // heads).to(tl.int64)
-    h = pid_bh % heads
-    a_r, a_c, r0, c0, len_r, len_c = _decode_tile(tl.program_id(1), tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
-    n = tl.arange(0, TILE_R * TILE_C)
-    kr = r0 + n // TILE_C
-    kc = c0 + n % TILE_C
-    k_valid = (kr < len_r) & (kc < len_c)
-    kr = tl.minimum(kr, len_r - 1)
-    kc = tl.minimum(kc, len_c - 1)
+    b, h, a_r, a_c, r0, c0, len_r, len_c = _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
+    kr, kc, k_valid = _tile_positions(r0, c0, len_r, len_c, TILE_R, TILE_C)
     d = tl.arange(0, BLOCK_D)
     k = _load_rows(K + b * skb + h * skh, kr, kc, skr, skc, dilation, a_r, a_c, d, k_valid, BLOCK_D, head_dim)
     v = _load_rows(V + b * svb + h * svh, kr, kc, svr, svc, dilation, a_r, a_c, d, k_valid, BLOCK_D, head_dim)

@@ -60,8 +60,8 @@ def supports(query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool)
     if query.dtype not in DTYPES:
         return f"the triton backend takes float32, bfloat16 or float16, got {query.dtype}"
     if device == "cuda" and query.dtype == torch.bfloat16:
-        # get_device_properties, not get_device_capability: dynamo constant-folds the former and
-        # breaks the graph on the latter (seen on an H200: every attention call became its own graph)
+        # get_device_properties, not get_device_capability: dynamo constant-folds the former, not
+        # the latter (torch 2.14's trace rules), and this check runs inside compiled graphs
         props = torch.cuda.get_device_properties(query.device)
         if (props.major, props.minor) < (8, 0):
             return "bfloat16 needs a GPU of compute capability 8.0 or newer"
