@@ -95,3 +95,12 @@ def test_set_attn_backend_refuses_unknown_names_at_once():
         timm.create_model("nat_mini", attn_backend="cudnn")
     model.set_attn_backend("gather")
     assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"gather"}
+
+
+def test_flagged_rows_are_refused_unless_included(tmp_path):
+    append_rows(tmp_path / "base.csv", _rows())
+    append_rows(tmp_path / "new.csv", [dict(r, flag="noisy: outside CPU load 0.61 > 0.25") for r in _rows()])
+    refused = cli("compare", tmp_path / "base.csv", tmp_path / "new.csv")
+    assert _one_error_line(refused) and "flagged" in refused.stderr and "--include-flagged" in refused.stderr
+    included = cli("compare", tmp_path / "base.csv", tmp_path / "new.csv", "--include-flagged")
+    assert included.returncode == 0 and "verdict: PASS" in included.stdout
