@@ -26,6 +26,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dinat_timm.bench import guard  # noqa: E402
+from dinat_timm.results.boards import unflagged  # noqa: E402
+from dinat_timm.results.compare import label_of  # noqa: E402
 from dinat_timm.results.environment import environment, precision_settings, set_tf32  # noqa: E402
 from dinat_timm.results.writer import append_rows, read_csv, write_csv_atomic  # noqa: E402
 
@@ -304,18 +306,12 @@ def leaderboard(request):
             request.node._leaderboard_written = True
             config._leaderboard_rows += 1
             if row["flag"]:
-                config._flagged.append(f"{csv_name}: {_label(row)}: {row['flag']}")
+                config._flagged.append(f"{csv_name}: {label_of(row)}: {row['flag']}")
             _progress(config, row, _figure(row))
             return row
 
     config._last_guard = None
     return Recorder()
-
-
-def _label(row) -> str:
-    from dinat_timm.results.compare import label_of
-
-    return label_of(row)
 
 
 def _figure(row) -> str:
@@ -371,12 +367,11 @@ def _committed_speeds(row: dict, mode: str) -> list:
     column = f"{mode}_samples_per_sec"
     if table.empty or column not in table:
         return []
+    table = unflagged(table)
     match = table[column].notna() & (table["device"] == row["device"]) & (table["status"].fillna("ok") == "ok")
     for key in ("model", "dtype", "channels_last", "compile", f"{mode}_batch_size", f"{mode}_img_size"):
         if key in table and row.get(key) is not None:
             match &= table[key] == row[key]
-    if "flag" in table:
-        match &= table["flag"].isna() | (table["flag"].astype(str).str.strip() == "")
     return table.loc[match, column].tolist()
 
 

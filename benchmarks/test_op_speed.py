@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import opt, opt_list, run_benchmark, sync
+from conftest import opt, run_benchmark, sync
+from dinat_timm.bench.steps import DTYPES
 from dinat_timm.ops import neighborhood_attention_2d
 from dinat_timm.ops.chooser import why_not
 
@@ -20,7 +21,6 @@ STAGES = [(0, 56, 2, (1, 8)), (1, 28, 4, (1, 4)), (2, 14, 8, (1, 2)), (3, 7, 16,
 SHAPES = [(s, n, h, d) for s, n, h, ds in STAGES for d in ds]
 CSV = "op_speed.csv"
 SLOW_ON_CPU = ("gather", "flex", "natten", "triton")  # triton on CPU only runs in Triton's interpreter
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def windowed_attention(q, k, v, window=7):
@@ -47,15 +47,10 @@ def _step(fn, inputs, backward):
 @pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["triton", "tiled", "gather", "natten", "natten_legacy", "flex"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_op_speed(benchmark, leaderboard, request, dtype, backend, shape, mode):
+    # backends and dtypes the options do not ask for are deselected at collection (conftest.py)
     config = request.config
-    if backend != "windowed_sdpa" and backend not in opt_list(config, "op-backends"):
-        pytest.skip(f"{backend} not in --op-backends")
-    if dtype not in opt_list(config, "op-dtypes"):
-        pytest.skip(f"{dtype} not in --op-dtypes")
     stage, size, heads, dilation = shape
     device = opt(config, "device")
-    if dtype == "fp16" and not device.startswith("cuda"):
-        pytest.skip("fp16 is a GPU configuration")
     batch = int(opt(config, "op-batch-size"))
     backward = mode == "fwd_bwd"
     gen = torch.Generator().manual_seed(0)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
 
 from ..ops import neighborhood_attention_2d
+from ..ops._cache import exporting
 from ..ops.chooser import check_backend_name
 
 
@@ -21,7 +22,7 @@ def channels_last_contiguous(x: torch.Tensor) -> torch.Tensor:
     ``[B, H, W, heads, D]``. Under export an unconditional copy instead: with a symbolic batch,
     ONNX's decompositions cannot tell that a heads-major tensor is not contiguous and drop the
     copy that ``contiguous`` (or ``reshape``) should make, then fail to view it."""
-    if getattr(torch.compiler, "is_exporting", lambda: False)():
+    if exporting():
         return x.clone(memory_format=torch.contiguous_format)
     return x.contiguous()
 
@@ -157,8 +158,7 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
         raise TypeError(f"expected an image tensor [B, C, H, W], got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D image tensor [B, C, H, W], got {x.dim()}-D of shape {tuple(x.shape)}")
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    if exporting and not all(isinstance(size, int) for size in x.shape[2:]):
+    if exporting() and not all(isinstance(size, int) for size in x.shape[2:]):
         raise ValueError(
             "these models export with a static image size: the neighborhood layouts are functions of "
             "the height and width, computed once at trace time. Only the batch can be dynamic, e.g. "

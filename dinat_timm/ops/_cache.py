@@ -24,6 +24,11 @@ def _real_tensors():
         yield
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` (or ONNX through it) is tracing right now (False on older torch)."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
 def cached_constant(maxsize: int = 128):
     """``lru_cache`` for functions returning constant tensors, built outside inference mode,
     autograd and tracing: a tensor first made under ``torch.inference_mode()`` could not be used

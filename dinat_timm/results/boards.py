@@ -20,11 +20,16 @@ CONFIG_COLUMNS = [
 ENV_COLUMNS = ["device", "natten", "torch"]
 
 
-def unflagged(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows without a ``flag`` (a reason to distrust them, e.g. ``noisy``): what boards rank and plot."""
+def flagged(df: pd.DataFrame) -> pd.Series:
+    """Which rows carry a ``flag`` (a reason to distrust them: ``noisy``, ``impossible``, ``suspect``)."""
     if df.empty or "flag" not in df:
-        return df
-    return df[df["flag"].isna() | (df["flag"].astype(str).str.strip() == "")].reset_index(drop=True)
+        return pd.Series(False, index=df.index)
+    return df["flag"].notna() & (df["flag"].astype(str).str.strip() != "")
+
+
+def unflagged(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows boards rank and plot."""
+    return df[~flagged(df)].reset_index(drop=True) if "flag" in df else df
 
 
 def key_columns(df: pd.DataFrame, with_env: bool = True) -> List[str]:

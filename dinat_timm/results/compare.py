@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import pandas as pd
 
-from .boards import key_columns, latest
+from .boards import flagged, key_columns, latest
 from .writer import read_csv
 
 HIGHER_IS_BETTER = ["infer_samples_per_sec", "train_samples_per_sec"]
@@ -66,13 +66,11 @@ def check_same_kind(base: pd.DataFrame, new: pd.DataFrame) -> None:
 def check_unflagged(base: pd.DataFrame, new: pd.DataFrame) -> None:
     """Rows flagged as untrustworthy (``noisy``, ``impossible``…) are no basis for a verdict."""
     for name, df in (("BASE", base), ("NEW", new)):
-        if "flag" not in df:
-            continue
-        flagged = df[df["flag"].notna() & (df["flag"].astype(str).str.strip() != "")]
-        if len(flagged):
-            first = flagged.iloc[0]
+        rows = df[flagged(df)]
+        if len(rows):
+            first = rows.iloc[0]
             raise Refused(
-                f"{name} has {len(flagged)} flagged row(s), e.g. {first.get('model', '?')}: {first['flag']}; "
+                f"{name} has {len(rows)} flagged row(s), e.g. {first.get('model', '?')}: {first['flag']}; "
                 "re-measure on an idle machine, or pass --include-flagged to compare them anyway"
             )
 

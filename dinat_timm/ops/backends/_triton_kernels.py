@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # scores run in log2 units (exp2); the launcher scales by it too
 
 
 @triton.jit
@@ -83,7 +83,7 @@ def _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2,
         span = 2 * KS - 1
         bias_index = (kr[None, :] - qr[:, None] + KS - 1) * span + (kc[None, :] - qc[:, None] + KS - 1)
         bias = tl.load(rpb_head + bias_index, mask=inside, other=0.0).to(tl.float32)
-        s += bias * 1.4426950408889634
+        s += bias * LOG2E
     return tl.where(inside, s, float("-inf")), inside
 
 

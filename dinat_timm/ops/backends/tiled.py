@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import padded_halo_fits, tile_axis
-from .._cache import cached_constant
+from .._cache import cached_constant, exporting
 
 NAME = "tiled"
 COMPILES = True
@@ -212,14 +212,10 @@ def _attention_backward(q, k, v, bias, out, lse, grad_out, scale, grads):
     grad_bias.add_(grad_scores)
 
 
-def _exporting() -> bool:
-    return getattr(torch.compiler, "is_exporting", lambda: False)()
-
-
 def _attention(q, k, v, bias, scale):
     # exported graphs (torch.export, ONNX) get the standard op: they are for inference, and the
     # custom backward below is an autograd.Function that ONNX's decompositions cannot re-trace
-    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled() and not _exporting():
+    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled() and not exporting():
         return _BiasedAttention.apply(q, k, v, bias, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 

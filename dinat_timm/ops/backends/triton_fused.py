@@ -10,6 +10,7 @@ set before the kernels are first used), which is how the tests check it without 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -184,28 +185,23 @@ def _heads_first(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2, 4)  # [B, H, W, heads, D] -> [B, heads, H, W, D], a view
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _grid(query: torch.Tensor, dilation: int):
+    """Tiles a side of the longest sub-grid, and the launch grid (image·head, sub-grid·tile)."""
     batch, heads, height, width, _ = query.shape
-    tiles_r = -(-(-(-height // dilation)) // _TILE)
-    tiles_c = -(-(-(-width // dilation)) // _TILE)
+    tiles_r = _cdiv(_cdiv(height, dilation), _TILE)
+    tiles_c = _cdiv(_cdiv(width, dilation), _TILE)
     return tiles_r, tiles_c, (batch * heads, dilation * dilation * tiles_r * tiles_c)
 
 
 def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # -- custom ops ----------------------------------------------------------------------------------------
-
-LOG2E = 1.4426950408889634
 
 
 @torch.library.custom_op("dinat_timm::na2d_fwd", mutates_args=())
@@ -222,7 +218,7 @@ def na2d_fwd(
     tiles_r, tiles_c, grid = _grid(q, dilation)
     table = q if rpb is None else rpb.contiguous()
     args = (q, k, v, table, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * LOG2E)
+            heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * _kernels().LOG2E.value)
     constexprs = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
     with _device_guard(q):
         _launch("na2d_fwd_kernel", "fwd", grid, args, constexprs, q)
@@ -255,7 +251,7 @@ def na2d_bwd(
     partial = torch.zeros(grid[0], grid[1], span, span, dtype=torch.float32, device=q.device) if rpb_grad else lse
     table = q if rpb is None else rpb.contiguous()
     precision = _precision(q.dtype)
-    shape_args = (heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * LOG2E, scale)
+    shape_args = (heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * _kernels().LOG2E.value, scale)
     flags = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=precision, UPCAST=_upcast(q.dtype))
     with _device_guard(q):
         dq_args = (q, k, v, table, out, grad_out, lse, delta, dq, partial,
