@@ -28,6 +28,7 @@ SHAPES = [
     (1, 1, 24, 26, 64, 13, 1), # the largest kernel: halo rows in several chunks; the isotropic head dim
     (1, 2, 16, 16, 24, 7, 2),  # a head dim that is no power of two
     (1, 1, 11, 13, 32, 11, 1), # a map barely larger than the kernel: every window clamped
+    (1, 2, 14, 14, 32, 7, 2),  # DiNAT-T's dilated 14² layer: k×k sub-grids, every window a whole sub-grid
 ]
 
 
@@ -79,6 +80,38 @@ def test_half_precision_is_as_close_as_the_other_backends(dtype):
     for name, g, s, r in zip(["out", "dq", "dk", "dv", "drpb"], got, same_precision, ref):
         scale = r.abs().max()
         assert (g - r).abs().max() / scale <= 2 * (s - r).abs().max() / scale + 1e-3, name
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24, 17, 16, 7, 1), (1, 1, 14, 14, 16, 7, 2), (1, 1, 24, 20, 16, 13, 1)],
+                         ids=_shape_id)
+def test_every_launch_candidate_is_exact(shape, monkeypatch):
+    """On a GPU the autotuner may pick any candidate configuration (chunk sizes, whole-halo
+    forward, bias bins, query chunks), so each must be exact, not only the first one the other
+    tests run: every distinct candidate of each kernel, forced in turn, against float64."""
+    from dinat_timm.ops.backends import triton_fused
+
+    batch, heads, height, width, dim, ks, dil = shape
+    halo = (triton_fused._halo_extent(height, dil, ks), triton_fused._halo_extent(width, dil, ks))
+    fwd, dq, dkdv = (unique_meta(c) for c in triton_fused._candidates(ks, dim, *halo))
+    q, k, v, rpb, grad = _problem(shape, True)
+    ref = _run("gather", q, k, v, rpb, grad, ks, dil, torch.float64, "cpu")
+    for i in range(max(len(fwd), len(dq), len(dkdv))):
+        chosen = dict(fwd=fwd[i % len(fwd)], dq=dq[i % len(dq)], dkdv=dkdv[i % len(dkdv)])
+        monkeypatch.setattr(triton_fused, "_config", lambda *key, chosen=chosen: chosen)
+        monkeypatch.setenv("DINAT_TRITON_AUTOTUNE", "0")  # on a GPU too: run exactly this configuration
+        got = _run("triton", q, k, v, rpb, grad, ks, dil, torch.float32, DEVICE)
+        for name, g, r in zip(["out", "dq", "dk", "dv", "drpb"], got, ref):
+            torch.testing.assert_close(g, r, atol=1e-4 if name == "out" else 1e-3, rtol=0, msg=f"{name} {chosen}")
+    assert len(fwd) >= 2  # the shapes above have several forward chunkings to check
+
+
+def unique_meta(configs):
+    """One configuration per distinct set of kernel parameters (warps, stages and register caps
+    change the code's speed, not its arithmetic)."""
+    seen = {}
+    for c in configs:
+        seen.setdefault(tuple(sorted(c["meta"].items())), dict(c, num_stages=1))
+    return list(seen.values())
 
 
 def test_natten_fixture_cases_forward_and_backward():

@@ -84,13 +84,14 @@ def autotune_report(device):
         return
     from dinat_timm.ops.backends import triton_fused
 
-    print("== triton autotuner's choices (k=7, head_dim=32)", flush=True)
-    for which, name in (("fwd", "na2d_fwd_kernel"), ("dq", "na2d_bwd_dq_kernel"), ("dkdv", "na2d_bwd_dkdv_kernel")):
-        tuner = triton_fused._tuned(name, which, 7, 32)
-        for key, config in getattr(tuner, "cache", {}).items():
-            print(f"  {which:4s} {key[:2]} {key[2]}: chose {config}", flush=True)
-        for config, ms in (getattr(tuner, "configs_timings", None) or {}).items():
-            print(f"      {config}: {ms}", flush=True)
+    print("== triton autotuner's choices (k=7, head_dim=32; halo 14: dilation-1 layers, 7: k×k sub-grids)", flush=True)
+    for halo in (14, 7):
+        for which, name in (("fwd", "na2d_fwd_kernel"), ("dq", "na2d_bwd_dq_kernel"), ("dkdv", "na2d_bwd_dkdv_kernel")):
+            tuner = triton_fused._tuned(name, which, 7, 32, halo, halo)
+            for key, config in getattr(tuner, "cache", {}).items():
+                print(f"  halo {halo} {which:4s} {key}: chose {config}", flush=True)
+            for config, ms in (getattr(tuner, "configs_timings", None) or {}).items():
+                print(f"      {config}: {ms}", flush=True)
 
 
 def main():

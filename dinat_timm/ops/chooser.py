@@ -9,6 +9,7 @@ Only exact backends are candidates, in order of measured speed for the device:
 - CUDA: ``triton`` (fused, with the bias and its gradient), then NATTEN's kernels where installed
   (``natten`` only without ``rpb``; not measured against ``triton`` here, so ``triton`` stays
   first), then ``tiled``. On an H200 in bf16 at batch 64 and DiNAT-tiny's stage shapes, ``triton``
+  (at 1b99095, before its halos were sized to the sub-grid)
   took 1.11–2.34× window attention's time forward and 1.68–2.16× forward+backward, ``tiled``
   3.1–5.8× and 2.1–3.8×; dinat_tiny at batch 128 ran 4452 images/s inference on ``triton`` against
   2890 on ``tiled`` (``results/README.md``).

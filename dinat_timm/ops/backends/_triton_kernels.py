@@ -7,7 +7,8 @@ Every program works on one dilation sub-grid (rows ``a_r, a_r+d, …``; columns 
 problem is plain dilation-1 neighborhood attention with NATTEN's clamped windows:
 
 - forward and dQ: a ``TILE_R×TILE_C`` query tile reads the halo of keys holding all its windows
-  (``TILE_R+k-1`` rows of ``HALO_C`` columns, ``CHUNK_R`` rows at a time), scores them with one
+  (``HALO_R = min(TILE_R+k-1, longest sub-grid)`` rows of ``HALO_C`` columns, ``CHUNK_R`` rows at a
+  time; a constant trip count, which spills less than one trimmed per tile), scores them with one
   ``tl.dot``, masks the pairs outside each query's window, adds the bias gathered from the rpb
   table in registers and runs an online softmax. Scores, probabilities and bias stay in registers.
 - dK/dV: a ``TILE_R×TILE_C`` key tile walks the queries whose windows contain one of its keys (a
@@ -127,7 +128,8 @@ def na2d_fwd_kernel(
     sqb, sqh, sqr, sqc, skb, skh, skr, skc, svb, svh, svr, svc, sob, soh, sor, soc,
     heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale_log2,
     KS: tl.constexpr, HAS_RPB: tl.constexpr, TILE_R: tl.constexpr, TILE_C: tl.constexpr,
-    HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HALO_R: tl.constexpr, HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     b, h, a_r, a_c, r0, c0, len_r, len_c = _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
     qr, qc, q_valid, wr, wc = _query_tile(r0, c0, len_r, len_c, TILE_R, TILE_C, KS)
@@ -139,7 +141,7 @@ def na2d_fwd_kernel(
     m_i = tl.full([TILE_R * TILE_C], float("-inf"), tl.float32)
     l_i = tl.zeros([TILE_R * TILE_C], tl.float32)
     acc = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
-    for chunk in range(0, (TILE_R + KS + CHUNK_R - 2) // CHUNK_R):
+    for chunk in range(0, (HALO_R + CHUNK_R - 1) // CHUNK_R):
         kr, kc, k, v = _key_chunk(K + b * skb + h * skh, V + b * svb + h * svh, skr, skc, svr, svc, halo_r, halo_c, chunk,
                                   dilation, a_r, a_c, len_r, len_c, d, head_dim, CHUNK_R, HALO_C, BLOCK_D)
         s, _ = _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2, KS, HAS_RPB, PRECISION, UPCAST)
@@ -165,7 +167,8 @@ def na2d_bwd_dq_kernel(
     sgb, sgh, sgr, sgc, sdb, sdh, sdr, sdc,
     heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale_log2, scale,
     KS: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, TILE_R: tl.constexpr, TILE_C: tl.constexpr,
-    HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    HALO_R: tl.constexpr, HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BINS_R: tl.constexpr, BINS_C: tl.constexpr, SPLIT_BINS: tl.constexpr,
 ):
     b, h, a_r, a_c, r0, c0, len_r, len_c = _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
@@ -191,7 +194,7 @@ def na2d_bwd_dq_kernel(
         y = tl.arange(0, TILE_R * CHUNK_R)
         jr = tl.arange(0, BINS_R)
         bins = tl.zeros([BINS_R, BINS_C], tl.float32)
-    for chunk in range(0, (TILE_R + KS + CHUNK_R - 2) // CHUNK_R):
+    for chunk in range(0, (HALO_R + CHUNK_R - 1) // CHUNK_R):
         kr, kc, k, v = _key_chunk(K + b * skb + h * skh, V + b * svb + h * svh, skr, skc, svr, svc, halo_r, halo_c, chunk,
                                   dilation, a_r, a_c, len_r, len_c, d, head_dim, CHUNK_R, HALO_C, BLOCK_D)
         s, inside = _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2, KS, HAS_RPB, PRECISION, UPCAST)

@@ -78,18 +78,30 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _halo_extent(length: int, dilation: int, kernel_size: int) -> int:
+    """Positions a tile's halo spans along one axis: ``TILE+k-1``, or the longest sub-grid when
+    that is shorter (then a tile's windows cover its whole sub-grid, as in every dilated layer of
+    DiNAT at 224², where the sub-grids are k×k)."""
+    return min(_TILE + kernel_size - 1, _cdiv(length, dilation))
+
+
 @functools.lru_cache(maxsize=None)
-def _config(kernel_size: int, head_dim: int) -> dict:
+def _config(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int) -> dict:
     """The configuration used where nothing is timed (Triton's interpreter, or
     ``DINAT_TRITON_AUTOTUNE=0``): each kernel's first candidate, the one an H200 picked at DiNAT's
     k=7, head_dim=32 in bf16 among the plain (no register cap, one stage) configurations."""
-    fwd, dq, dkdv = _candidates(kernel_size, head_dim)
+    fwd, dq, dkdv = _candidates(kernel_size, head_dim, halo_rows, halo_cols)
     return dict(fwd=fwd[0], dq=dq[0], dkdv=dkdv[0])
 
 
 @functools.lru_cache(maxsize=None)
-def _candidates(kernel_size: int, head_dim: int):
-    """Launch configurations worth timing, per kernel.
+def _candidates(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int):
+    """Launch configurations worth timing, per kernel, for halos of ``halo_rows × halo_cols``
+    positions (``_halo_extent``).
 
     Queries (forward, dQ) and keys (dK/dV) come in 8×8 tiles; the forward and dQ read the key
     halo (``HALO_C`` columns, a power of two) ``CHUNK_R`` rows at a time. The kernels hold many
@@ -97,34 +109,43 @@ def _candidates(kernel_size: int, head_dim: int):
     registers a thread: one block per SM, no latency hidden. The candidates trade that against
     spills with ``maxnreg`` (4 warps at 128 registers: four blocks per SM) and let Triton's
     pipeliner prefetch the next chunk (``num_stages=2``), which on sm_90 also brought the
-    64-key forward down to 190 registers with no spill (``cuobjdump -res-usage``).
+    64-key forward down to about 195 registers with no spill (``cuobjdump -res-usage``). Reading a whole
+    16×16 halo in one chunk is no candidate: on sm_90 it spills 808 bytes a thread in bf16.
+
+    Halos follow the sub-grid: on the 7×7 sub-grids of DiNAT's dilated layers at k=7 the forward
+    and dQ score one 8×8 chunk of keys (64 slots, not four 4×16 chunks, 256) and the dK/dV query
+    chunks are 8×8, not 4×16; fewer live values too (bf16 forward, 8 warps: 116 registers,
+    against 250 with the 16-wide halo).
     """
     block_d = max(16, _pow2(head_dim))
-    halo_c = _pow2(_TILE + kernel_size - 1)
-    rows = _TILE + kernel_size - 1
+    halo_c = _pow2(halo_cols)
     wide = block_d > 64
 
-    def chunk(keys):  # halo rows per chunk for about ``keys`` keys; 8·rows feed tl.dot (>= 16)
-        return min(max(2, keys // halo_c), _pow2(rows))
+    def chunk(keys):  # halo rows per chunk (a power of two) for ``keys`` keys, at least 16 (tl.dot's minimum)
+        return max(min(keys // halo_c, _pow2(halo_rows)), 2, 16 // halo_c)
 
     def config(meta, warps, stages=1, maxnreg=None):
         return dict(meta=meta, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
-    base = dict(TILE_R=_TILE, TILE_C=_TILE, HALO_C=halo_c, BLOCK_D=block_d)
+    def unique(configs):
+        return [c for i, c in enumerate(configs) if c not in configs[:i]]
+
+    base = dict(TILE_R=_TILE, TILE_C=_TILE, HALO_R=halo_rows, HALO_C=halo_c, BLOCK_D=block_d)
     small, mid = chunk(32 if wide else 64), chunk(64 if wide else 128)
     fwd = [config(dict(base, CHUNK_R=small), 8), config(dict(base, CHUNK_R=small), 8, stages=2),
            config(dict(base, CHUNK_R=small), 4, stages=2, maxnreg=128),
            config(dict(base, CHUNK_R=chunk(32)), 4, maxnreg=128), config(dict(base, CHUNK_R=mid), 8)]
 
     def with_bins(c):
-        covered = -(-rows // c) * c
+        covered = _cdiv(halo_rows, c) * c
         return dict(base, CHUNK_R=c, BINS_R=_pow2(covered + _TILE - 1), BINS_C=_pow2(halo_c + _TILE - 1))
 
-    dq = [config(with_bins(mid), 8), config(with_bins(small), 4, stages=2, maxnreg=128),
-          config(with_bins(mid), 8, maxnreg=128), config(with_bins(small), 4, maxnreg=128)]
-    kv = dict(TILE_R=_TILE, TILE_C=_TILE, CHUNK_QR=4, CHUNK_QC=16, BLOCK_D=block_d)
+    dq = unique([config(with_bins(mid), 8), config(with_bins(small), 4, stages=2, maxnreg=128),
+                 config(with_bins(mid), 8, maxnreg=128), config(with_bins(small), 4, maxnreg=128)])
+    query_cols = min(16, halo_c)
+    kv = dict(TILE_R=_TILE, TILE_C=_TILE, CHUNK_QR=64 // query_cols, CHUNK_QC=query_cols, BLOCK_D=block_d)
     dkdv = [config(kv, 4), config(kv, 4, maxnreg=128), config(kv, 8, maxnreg=128), config(kv, 4, stages=2, maxnreg=128)]
-    return fwd, dq, dkdv
+    return unique(fwd), dq, dkdv
 
 
 def _autotuning(t: torch.Tensor) -> bool:
@@ -132,24 +153,27 @@ def _autotuning(t: torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kernel_name: str, which: str, kernel_size: int, head_dim: int):
-    """The kernel wrapped in Triton's autotuner over this shape's candidates (timed once per
-    dtype and head_dim, at first use). Every candidate writes all its outputs without
-    accumulating, so the autotuner's repeated runs leave nothing behind."""
+def _tuned(kernel_name: str, which: str, kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int):
+    """The kernel wrapped in Triton's autotuner over this shape's candidates, timed at first use
+    of each map size, dilation, head_dim and dtype (each of DiNAT's stage shapes gets its own
+    choice). Every candidate writes all its outputs without accumulating, so the autotuner's
+    repeated runs leave nothing behind."""
     import triton
 
     index = {"fwd": 0, "dq": 1, "dkdv": 2}[which]
     configs = [triton.Config(c["meta"], num_warps=c["num_warps"], num_stages=c["num_stages"], maxnreg=c["maxnreg"])
-               for c in _candidates(kernel_size, head_dim)[index]]
-    return triton.autotune(configs=configs, key=["head_dim", "HAS_RPB"])(getattr(_kernels(), kernel_name))
+               for c in _candidates(kernel_size, head_dim, halo_rows, halo_cols)[index]]
+    key = ["height", "width", "dilation", "head_dim", "HAS_RPB"]
+    return triton.autotune(configs=configs, key=key)(getattr(_kernels(), kernel_name))
 
 
-def _launch(kernel_name: str, which: str, grid, args, constexprs: dict, probe: torch.Tensor):
+def _launch(kernel_name: str, which: str, grid, args, constexprs: dict, probe: torch.Tensor, dilation: int):
     kernel_size, head_dim = constexprs["KS"], probe.shape[-1]
+    halo = (_halo_extent(probe.shape[2], dilation, kernel_size), _halo_extent(probe.shape[3], dilation, kernel_size))
     if _autotuning(probe):
-        _tuned(kernel_name, which, kernel_size, head_dim)[grid](*args, **constexprs)
+        _tuned(kernel_name, which, kernel_size, head_dim, *halo)[grid](*args, **constexprs)
     else:
-        cfg = _config(kernel_size, head_dim)[which]
+        cfg = _config(kernel_size, head_dim, *halo)[which]
         getattr(_kernels(), kernel_name)[grid](*args, **constexprs, **cfg["meta"], num_warps=cfg["num_warps"], num_stages=1)
     # (the interpreter ignores warps, stages and register caps)
 
@@ -185,10 +209,6 @@ def _heads_first(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2, 4)  # [B, H, W, heads, D] -> [B, heads, H, W, D], a view
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _grid(query: torch.Tensor, dilation: int):
     """Tiles a side of the longest sub-grid, and the launch grid (image·head, sub-grid·tile)."""
     batch, heads, height, width, _ = query.shape
@@ -221,7 +241,7 @@ def na2d_fwd(
             heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * _kernels().LOG2E.value)
     constexprs = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
     with _device_guard(q):
-        _launch("na2d_fwd_kernel", "fwd", grid, args, constexprs, q)
+        _launch("na2d_fwd_kernel", "fwd", grid, args, constexprs, q, dilation)
     return out_buffer, lse
 
 
@@ -257,10 +277,10 @@ def na2d_bwd(
         dq_args = (q, k, v, table, out, grad_out, lse, delta, dq, partial,
                    *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out), *_strides(dq), *shape_args)
         _launch("na2d_bwd_dq_kernel", "dq", grid, dq_args,
-                dict(flags, RPB_GRAD=rpb_grad, SPLIT_BINS=q.dtype != torch.float32), q)
+                dict(flags, RPB_GRAD=rpb_grad, SPLIT_BINS=q.dtype != torch.float32), q, dilation)
         dkdv_args = (q, k, v, table, grad_out, lse, delta, dk, dv,
                      *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv), *shape_args)
-        _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q)
+        _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q, dilation)
     if rpb_grad:
         drpb = partial.view(batch, heads, -1, span, span).sum((0, 2))
         drpb = drpb.to(rpb.dtype)
