@@ -161,16 +161,31 @@ def na2d_fwd_kernel(
 
 
 @triton.jit
+def _store_key_grads(DK, DV, dk, dv, b, h, kr, kc, valid, dilation, a_r, a_c, d, head_dim,
+                     skgb, skgh, skgr, skgc, svgb, svgh, svgr, svgc):
+    """Write [n, BLOCK_D] key and value gradients at sub-grid positions (kr, kc) of sub-grid (a_r, a_c)."""
+    mask = valid[:, None] & (d[None, :] < head_dim)
+    pos_r = (kr * dilation + a_r).to(tl.int64)
+    pos_c = (kc * dilation + a_c).to(tl.int64)
+    tl.store(DK + b * skgb + h * skgh + (pos_r * skgr + pos_c * skgc)[:, None] + d[None, :], dk.to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + b * svgb + h * svgh + (pos_r * svgr + pos_c * svgc)[:, None] + d[None, :], dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def na2d_bwd_dq_kernel(
-    Q, K, V, RPB, OUT, DOUT, LSE, DELTA, DQ, DRPB,
+    Q, K, V, RPB, OUT, DOUT, LSE, DELTA, DQ, DRPB, DK, DV,
     sqb, sqh, sqr, sqc, skb, skh, skr, skc, svb, svh, svr, svc, sob, soh, sor, soc,
-    sgb, sgh, sgr, sgc, sdb, sdh, sdr, sdc,
+    sgb, sgh, sgr, sgc, sdb, sdh, sdr, sdc, skgb, skgh, skgr, skgc, svgb, svgh, svgr, svgc,
     heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale_log2, scale,
     KS: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, TILE_R: tl.constexpr, TILE_C: tl.constexpr,
     HALO_R: tl.constexpr, HALO_C: tl.constexpr, CHUNK_R: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BINS_R: tl.constexpr, BINS_C: tl.constexpr, SPLIT_BINS: tl.constexpr,
+    BINS_R: tl.constexpr, BINS_C: tl.constexpr, SPLIT_BINS: tl.constexpr, FUSED_KV: tl.constexpr,
 ):
+    """dQ and the per-program d-rpb tables; with ``FUSED_KV`` also dK and dV. That mode serves
+    sub-grids no larger than a tile (DiNAT's dilated layers at 224²: 7×7): one program holds every
+    query and, in its single key chunk, every key of its sub-grid, so it owns their gradients and
+    the dK/dV pass, which would score the same pairs again, is not launched."""
     b, h, a_r, a_c, r0, c0, len_r, len_c = _program(heads, tiles_r, tiles_c, dilation, height, width, TILE_R, TILE_C)
     qr, qc, q_valid, wr, wc = _query_tile(r0, c0, len_r, len_c, TILE_R, TILE_C, KS)
     d = tl.arange(0, BLOCK_D)
@@ -186,6 +201,10 @@ def na2d_bwd_dq_kernel(
     halo_r, halo_c = _halo_origin(r0, c0, len_r, len_c, KS)
 
     dq = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
+    if FUSED_KV:
+        tl.static_assert(CHUNK_R >= HALO_R, "FUSED_KV needs the whole sub-grid in one key chunk")
+        dk = tl.zeros([CHUNK_R * HALO_C, BLOCK_D], tl.float32)
+        dv = tl.zeros([CHUNK_R * HALO_C, BLOCK_D], tl.float32)
     if RPB_GRAD:
         # 0/1 matrices of the bias-bin reduction: columns (query col, key col) -> key col - query col
         x = tl.arange(0, TILE_C * HALO_C)
@@ -202,6 +221,9 @@ def na2d_bwd_dq_kernel(
         dp = _mma(do, tl.trans(v), PRECISION, UPCAST)
         ds = p * (dp - delta[:, None])  # gradient of the natural-unit score (and of its bias term)
         dq += _mma(ds.to(k.dtype), k, PRECISION, UPCAST)
+        if FUSED_KV:
+            dv += _mma(tl.trans(p).to(do.dtype), do, PRECISION, UPCAST)
+            dk += _mma(tl.trans(ds).to(q.dtype), q, PRECISION, UPCAST)
         if RPB_GRAD:
             # [q_row, q_col, k_row, k_col] -> [(q_row, k_row), (q_col, k_col)]
             ds2 = tl.reshape(tl.permute(tl.reshape(ds, (TILE_R, TILE_C, CHUNK_R, HALO_C)), (0, 2, 1, 3)),
@@ -224,6 +246,12 @@ def na2d_bwd_dq_kernel(
     dq = dq * scale
     dq_off = b * sdb + h * sdh + (qr * dilation + a_r).to(tl.int64) * sdr + (qc * dilation + a_c).to(tl.int64) * sdc
     tl.store(DQ + dq_off[:, None] + d[None, :], dq.to(DQ.dtype.element_ty), mask=q_valid[:, None] & (d[None, :] < head_dim))
+    if FUSED_KV:  # the key slots of the one chunk, as _key_chunk laid them out
+        n = tl.arange(0, CHUNK_R * HALO_C)
+        kr = halo_r + n // HALO_C
+        kc = halo_c + n % HALO_C
+        _store_key_grads(DK, DV, dk * scale, dv, b, h, kr, kc, (kr < len_r) & (kc < len_c), dilation, a_r, a_c, d, head_dim,
+                         skgb, skgh, skgr, skgc, svgb, svgh, svgr, svgc)
     if RPB_GRAD:
         # bin (jr, jc) holds key - query = (jr - (TILE_R-1) + halo_r - r0, jc - (TILE_C-1) + halo_c - c0)
         span = 2 * KS - 1
@@ -297,9 +325,5 @@ def na2d_bwd_dkdv_kernel(
             ds = p * (dp - delta[:, None])
             dk += _mma(tl.trans(ds).to(q.dtype), q, PRECISION, UPCAST)
 
-    dk = dk * scale
-    mask = k_valid[:, None] & (d[None, :] < head_dim)
-    pos_r = (kr * dilation + a_r).to(tl.int64)
-    pos_c = (kc * dilation + a_c).to(tl.int64)
-    tl.store(DK + b * skgb + h * skgh + (pos_r * skgr + pos_c * skgc)[:, None] + d[None, :], dk.to(DK.dtype.element_ty), mask=mask)
-    tl.store(DV + b * svgb + h * svgh + (pos_r * svgr + pos_c * svgc)[:, None] + d[None, :], dv.to(DV.dtype.element_ty), mask=mask)
+    _store_key_grads(DK, DV, dk * scale, dv, b, h, kr, kc, k_valid, dilation, a_r, a_c, d, head_dim,
+                     skgb, skgh, skgr, skgc, svgb, svgh, svgr, svgc)

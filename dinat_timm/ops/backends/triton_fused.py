@@ -82,6 +82,12 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _one_tile_per_sub_grid(halo_rows: int, halo_cols: int) -> bool:
+    """Every sub-grid fits one query tile, and its keys one chunk: the dQ program then computes
+    dK and dV too (``FUSED_KV``), and the dK/dV pass is not launched."""
+    return halo_rows <= _TILE and halo_cols <= _TILE
+
+
 def _halo_extent(length: int, dilation: int, kernel_size: int) -> int:
     """Positions a tile's halo spans along one axis: ``TILE+k-1``, or the longest sub-grid when
     that is shorter (then a tile's windows cover its whole sub-grid, as in every dilated layer of
@@ -136,9 +142,12 @@ def _candidates(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int)
            config(dict(base, CHUNK_R=small), 4, stages=2, maxnreg=128),
            config(dict(base, CHUNK_R=chunk(32)), 4, maxnreg=128), config(dict(base, CHUNK_R=mid), 8)]
 
+    fused = _one_tile_per_sub_grid(halo_rows, halo_cols)
+
     def with_bins(c):
+        c = max(c, _pow2(halo_rows)) if fused else c  # the whole sub-grid in one key chunk
         covered = _cdiv(halo_rows, c) * c
-        return dict(base, CHUNK_R=c, BINS_R=_pow2(covered + _TILE - 1), BINS_C=_pow2(halo_c + _TILE - 1))
+        return dict(base, CHUNK_R=c, BINS_R=_pow2(covered + _TILE - 1), BINS_C=_pow2(halo_c + _TILE - 1), FUSED_KV=fused)
 
     dq = unique([config(with_bins(mid), 8), config(with_bins(small), 4, stages=2, maxnreg=128),
                  config(with_bins(mid), 8, maxnreg=128), config(with_bins(small), 4, maxnreg=128)])
@@ -274,13 +283,16 @@ def na2d_bwd(
     shape_args = (heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * _kernels().LOG2E.value, scale)
     flags = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=precision, UPCAST=_upcast(q.dtype))
     with _device_guard(q):
-        dq_args = (q, k, v, table, out, grad_out, lse, delta, dq, partial,
-                   *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out), *_strides(dq), *shape_args)
+        dq_args = (q, k, v, table, out, grad_out, lse, delta, dq, partial, dk, dv,
+                   *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out), *_strides(dq),
+                   *_strides(dk), *_strides(dv), *shape_args)
         _launch("na2d_bwd_dq_kernel", "dq", grid, dq_args,
                 dict(flags, RPB_GRAD=rpb_grad, SPLIT_BINS=q.dtype != torch.float32), q, dilation)
-        dkdv_args = (q, k, v, table, grad_out, lse, delta, dk, dv,
-                     *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dk), *_strides(dv), *shape_args)
-        _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q, dilation)
+        halo = (_halo_extent(height, dilation, kernel_size), _halo_extent(width, dilation, kernel_size))
+        if not _one_tile_per_sub_grid(*halo):  # else the dQ pass wrote dK and dV
+            dkdv_args = (q, k, v, table, grad_out, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v),
+                         *_strides(grad_out), *_strides(dk), *_strides(dv), *shape_args)
+            _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q, dilation)
     if rpb_grad:
         drpb = partial.view(batch, heads, -1, span, span).sum((0, 2))
         drpb = drpb.to(rpb.dtype)
