@@ -13,7 +13,9 @@ problem is plain dilation-1 neighborhood attention with NATTEN's clamped windows
   table in registers and runs an online softmax. Scores, probabilities and bias stay in registers.
 - dK/dV: a ``TILE_R×TILE_C`` key tile walks the queries whose windows contain one of its keys (a
   contiguous range per axis, since window starts grow by at most one per query), so every key
-  gradient is written once, by one program: no atomics, deterministic.
+  gradient is written once, by one program: no atomics, deterministic. Where every sub-grid fits
+  one tile (``FUSED_KV``: k×k sub-grids, as in DiNAT's dilated layers), the dQ program holds all
+  of its sub-grid's queries and keys and writes dK/dV itself; this pass is then not launched.
 - d-rpb: the dQ program also reduces its ``dS`` onto bias bins. A bin depends only on the row and
   column differences between key and query, so the reduction is two matrix products with 0/1
   matrices, ``Er · (dS' · Ec)``, where ``dS'`` is ``dS`` with its query-column and key-row axes
