@@ -7,7 +7,7 @@
 #
 #   OUT=/tmp/out DINAT_TIMM_COMMIT=$(git rev-parse --short HEAD) bash tools/gpu_session.sh 540
 #   DEVICE=cpu QUICK=1 bash tools/gpu_session.sh 300      # dry run on a CPU
-#   PLAN=retune ...                                         # after changing the triton launch candidates
+#   PLAN=retune ...                                         # after changing the triton kernels or launch candidates
 set -u
 BUDGET=${1:-540}
 START=$(date +%s)
@@ -57,7 +57,7 @@ full)
     step checks 110 $PY tools/gpu_checks.py --device "$DEVICE"
     step tests 100 env DINAT_TRITON_AUTOTUNE=0 $PY -m pytest tests/test_triton_backend.py -q -x -p no:cacheprovider
     ;;
-retune)  # after changing the kernels' launch candidates: speed first, then a quick exactness check
+retune)  # after changing the kernels or their launch candidates: speed first, then quick exactness checks
     export TRITON_PRINT_AUTOTUNING=1
     step ops 100 "${BENCH[@]}" benchmarks/test_op_speed.py --op-backends triton --op-dtypes bf16 "${OPS[@]}"
     step throughput 80 "${BENCH[@]}" benchmarks/test_throughput.py --reference-models swin_tiny_patch4_window7_224 \
@@ -66,6 +66,7 @@ retune)  # after changing the kernels' launch candidates: speed first, then a qu
         --reference-models swin_tiny_patch4_window7_224 --dtypes bf16 --backends auto,tiled "${THR[@]}" \
         -k "infer or (train and not tiled)"
     step checks 60 $PY tools/gpu_checks.py --device "$DEVICE" --quick
+    step candidates 45 $PY -m pytest tests/test_triton_backend.py -q -x -p no:cacheprovider -k every_launch
     ;;
 esac
 
