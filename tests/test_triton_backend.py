@@ -90,10 +90,10 @@ def test_every_launch_candidate_is_exact(shape, monkeypatch):
     tests run: every distinct candidate of each kernel, forced in turn, against float64."""
     from dinat_timm.ops.backends import triton_fused
 
-    batch, heads, height, width, dim, ks, dil = shape
-    halo = (triton_fused._halo_extent(height, dil, ks), triton_fused._halo_extent(width, dil, ks))
-    fwd, dq, dkdv = (unique_meta(c) for c in triton_fused._candidates(ks, dim, *halo))
+    ks, dil = shape[5], shape[6]
     q, k, v, rpb, grad = _problem(shape, True)
+    halo = triton_fused._halo(q, dil, ks)
+    fwd, dq, dkdv = (unique_meta(c) for c in triton_fused._candidates(ks, q.shape[-1], *halo))
     ref = _run("gather", q, k, v, rpb, grad, ks, dil, torch.float64, "cpu")
     for i in range(max(len(fwd), len(dq), len(dkdv))):
         chosen = dict(fwd=fwd[i % len(fwd)], dq=dq[i % len(dq)], dkdv=dkdv[i % len(dkdv)])

@@ -95,6 +95,11 @@ def _halo_extent(length: int, dilation: int, kernel_size: int) -> int:
     return min(_TILE + kernel_size - 1, _cdiv(length, dilation))
 
 
+def _halo(query: torch.Tensor, dilation: int, kernel_size: int) -> Tuple[int, int]:
+    """(rows, columns) of the halo for a ``[B, heads, H, W, D]`` query."""
+    return _halo_extent(query.shape[2], dilation, kernel_size), _halo_extent(query.shape[3], dilation, kernel_size)
+
+
 @functools.lru_cache(maxsize=None)
 def _config(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int) -> dict:
     """The configuration used where nothing is timed (Triton's interpreter, or
@@ -178,7 +183,7 @@ def _tuned(kernel_name: str, which: str, kernel_size: int, head_dim: int, halo_r
 
 def _launch(kernel_name: str, which: str, grid, args, constexprs: dict, probe: torch.Tensor, dilation: int):
     kernel_size, head_dim = constexprs["KS"], probe.shape[-1]
-    halo = (_halo_extent(probe.shape[2], dilation, kernel_size), _halo_extent(probe.shape[3], dilation, kernel_size))
+    halo = _halo(probe, dilation, kernel_size)
     if _autotuning(probe):
         _tuned(kernel_name, which, kernel_size, head_dim, *halo)[grid](*args, **constexprs)
     else:
@@ -288,8 +293,7 @@ def na2d_bwd(
                    *_strides(dk), *_strides(dv), *shape_args)
         _launch("na2d_bwd_dq_kernel", "dq", grid, dq_args,
                 dict(flags, RPB_GRAD=rpb_grad, SPLIT_BINS=q.dtype != torch.float32), q, dilation)
-        halo = (_halo_extent(height, dilation, kernel_size), _halo_extent(width, dilation, kernel_size))
-        if not _one_tile_per_sub_grid(*halo):  # else the dQ pass wrote dK and dV
+        if not _one_tile_per_sub_grid(*_halo(q, dilation, kernel_size)):  # else the dQ pass wrote dK and dV
             dkdv_args = (q, k, v, table, grad_out, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v),
                          *_strides(grad_out), *_strides(dk), *_strides(dv), *shape_args)
             _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q, dilation)
