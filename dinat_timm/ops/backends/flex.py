@@ -7,10 +7,11 @@ materialises every score, and on CPU it has no backward at all.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
+
+from .._cache import cached_constant
 
 NAME = "flex"
 COMPILES = True  # torch.compile(fullgraph=True) traces it (the block mask is built in the graph)
@@ -64,11 +65,8 @@ def _build_block_mask(height, width, kernel_size, dilation, device):
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_block_mask(height, width, kernel_size, dilation, device):
-    # built outside inference mode, so a mask first made under inference_mode serves training too
-    with torch.inference_mode(False), torch.no_grad():
-        return _build_block_mask(height, width, kernel_size, dilation, device)
+# eager calls: cached, and built outside inference mode, like the other backends' layouts
+_cached_block_mask = cached_constant(maxsize=64)(_build_block_mask)
 
 
 def _block_mask(height, width, kernel_size, dilation, device):
