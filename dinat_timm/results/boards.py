@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, List, Sequence
 
 import pandas as pd
 
@@ -37,11 +37,13 @@ def key_columns(df: pd.DataFrame, with_env: bool = True) -> List[str]:
     return cols + ([c for c in ENV_COLUMNS if c in df.columns] if with_env else [])
 
 
-def latest(df: pd.DataFrame, with_env: bool = True) -> pd.DataFrame:
-    """The last row written for each configuration (a re-run supersedes, a failure included)."""
+def latest(df: pd.DataFrame, with_env: bool = True, also: Sequence[str] = ()) -> pd.DataFrame:
+    """The last row written for each configuration (a re-run supersedes, a failure included),
+    told apart also by the columns ``also`` names that ``df`` has."""
     if df.empty:
         return df
     keys = key_columns(df, with_env)
+    keys += [c for c in also if c in df.columns and c not in keys]
     return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
 
 

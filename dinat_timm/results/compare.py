@@ -88,14 +88,6 @@ def check_devices(base: pd.DataFrame, new: pd.DataFrame) -> None:
         )
 
 
-def _by_device(df: pd.DataFrame) -> pd.DataFrame:
-    """The latest row per configuration and device: a CSV holding CPU and GPU rows keeps both."""
-    if df.empty or "device" not in df:
-        return latest(df, with_env=False)
-    keys = key_columns(df, with_env=False) + ["device"]
-    return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
-
-
 def mode_of(row) -> str:
     """infer / train (throughput rows carry one of the two), fwd / fwd_bwd (op rows), or the row's own."""
     for column, mode in (("infer_samples_per_sec", "infer"), ("train_samples_per_sec", "train")):
@@ -142,7 +134,8 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
         base, new = latest(base, with_env=False), latest(new, with_env=False)
     else:
         check_devices(base, new)
-        base, new = _by_device(base), _by_device(new)
+        # the latest row per configuration and device: a CSV holding CPU and GPU rows keeps both
+        base, new = latest(base, with_env=False, also=("device",)), latest(new, with_env=False, also=("device",))
     for frame in (base, new):
         frame["status"] = frame["status"].fillna("ok") if "status" in frame else "ok"
     metrics = [m for m in HIGHER_IS_BETTER + LOWER_IS_BETTER if m in base.columns and m in new.columns]
