@@ -2,7 +2,7 @@
 
 Every option has an environment variable twin (``--models`` / ``DINAT_BENCH_MODELS`` …). The
 default ``--preset quick`` measures what matters most (DiNAT/NAT mini and tiny against Swin-T,
-the fused and the pure-PyTorch operator) in about five minutes on 2 idle CPU cores; ``--preset
+the fused and the pure-PyTorch operator) in about three minutes on 2 idle CPU cores; ``--preset
 full`` is the whole matrix (every model, every backend). An explicit option beats the preset.
 
 Rows go to a directory of their own per run, ``results/runs/<host>-<date>`` unless
@@ -36,7 +36,7 @@ COMMITTED = ROOT / "results"  # rows of earlier runs, for the reference-model ch
 
 OPTIONS = {
     # name: (default under --preset quick, help)
-    "preset": ("quick", "quick: the models and shapes that matter most (~5 min on 2 idle CPU cores); full: every "
+    "preset": ("quick", "quick: the models and shapes that matter most (~3 min on 2 idle CPU cores); full: every "
                         "model and backend (an explicit option beats the preset)"),
     "models": ("dinat_mini,nat_mini,dinat_tiny", "comma-separated timm model names ('all' = every registered one)"),
     "reference-models": ("swin_tiny_patch4_window7_224", "timm models measured in the same run as yardsticks"),
