@@ -127,6 +127,32 @@ def test_low_precision_close_to_fp32_reference(dtype, atol, shape):
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_tiled_sums_the_bias_gradient_in_the_tables_precision(dilation):
+    """A bf16 model's bias table (fp32) gets the sum of every query's gradient for each offset.
+    That sum is the bias gather's backward, a scatter-add; in bf16 it rounds (on CUDA after every
+    atomic add), so the gather reads the fp32 table and casts after. With a gradient of ones the
+    sum is the number of queries that use each offset, from the neighborhoods themselves (tiles
+    that divide the map exactly: no padded query stands in)."""
+    from dinat_timm.ops.backends import tiled
+
+    height, width, ks, heads, dtype = 56, 56, 7, 2, torch.bfloat16
+    args = (height, width, ks, dilation, tiled.DEFAULT_TILE, torch.device("cpu"))
+    layout = tiled._strip_layout(*args)
+    assert layout is not None
+    rpb = torch.zeros(heads, 2 * ks - 1, 2 * ks - 1, requires_grad=True)
+    bias = tiled._bias(layout, tiled._strip_layout, args, rpb, heads, dtype)
+    assert bias.dtype == dtype
+    bias.backward(torch.ones_like(bias))
+    per_axis = [
+        torch.bincount(neighborhood_1d(n, ks, dilation, None)[1].flatten(), minlength=2 * ks - 1).float()
+        for n in (height, width)
+    ]
+    expected = (per_axis[0][:, None] * per_axis[1][None, :]).expand(heads, -1, -1)
+    assert expected.max() > 256  # past bf16's exact integers
+    torch.testing.assert_close(rpb.grad, expected, atol=0, rtol=0)
+
+
 def test_neighborhood_semantics_by_hand():
     """Clamped (shifted) windows on each dilation sub-grid, and the bias index Δ + k - 1."""
     neighbors, bias = neighborhood_1d(9, 3, 2, None)

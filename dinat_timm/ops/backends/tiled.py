@@ -129,11 +129,13 @@ def _additive_bias(bias_index, rpb, heads, kernel_size, dtype):
     if rpb is None:
         table = torch.zeros(1, span * span, dtype=dtype, device=bias_index.device)
     else:
-        table = rpb.reshape(heads, span * span).to(dtype)
+        # gather from the table in its own precision (fp32), then cast: the gather's backward sums
+        # every query's gradient into ~(2k-1)² entries, and in half precision that sum loses digits
+        table = rpb.reshape(heads, span * span)
     table = torch.cat([table, table.new_full((table.shape[0], 1), float("-inf"))], dim=1)
     # gather with an expanded index: several times faster than advanced indexing on CPU, both ways
     flat = bias_index.reshape(1, -1).expand(table.shape[0], -1)
-    return table.gather(1, flat).view(table.shape[0], *bias_index.shape)
+    return table.gather(1, flat).view(table.shape[0], *bias_index.shape).to(dtype)
 
 
 @cached_constant(maxsize=128)
