@@ -197,7 +197,7 @@ def test_cpu_flex_backward_is_refused_with_a_reason():
 
 def test_unknown_backend():
     q = torch.randn(1, 1, 9, 9, 8)
-    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+    with pytest.raises(ValueError, match="unknown attention backend 'cudnn'"):
         neighborhood_attention_2d(q, q, q, 3, backend="cudnn")
 
 

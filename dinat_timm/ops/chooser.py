@@ -35,16 +35,20 @@ def preference(device_type: str, compiling: bool = False) -> List[str]:
     return order
 
 
+def _unknown(name: str) -> str:
+    return f"unknown attention backend {name!r}; choose 'auto' or one of {sorted(BACKENDS)}"
+
+
 def check_backend_name(name: str) -> None:
     """Refuse a name that is neither ``"auto"`` nor a backend, listing the names."""
     if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+        raise ValueError(_unknown(name))
 
 
 def why_not(name: str, query: torch.Tensor, rpb: Optional[torch.Tensor], needs_grad: bool) -> Optional[str]:
     """None if backend ``name`` can compute this call exactly, else the reason it cannot."""
     if name not in BACKENDS:
-        return f"unknown backend {name!r}; choose one of {sorted(BACKENDS)} or 'auto'"
+        return _unknown(name)
     backend = BACKENDS[name]
     return backend.available() or backend.supports(query, rpb, needs_grad)
 
