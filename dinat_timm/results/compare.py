@@ -130,12 +130,11 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     check_same_kind(base, new)
     if not include_flagged:
         check_unflagged(base, new)
-    if allow_device_mismatch:
-        base, new = latest(base, with_env=False), latest(new, with_env=False)
-    else:
+    if not allow_device_mismatch:
         check_devices(base, new)
-        # the latest row per configuration and device: a CSV holding CPU and GPU rows keeps both
-        base, new = latest(base, with_env=False, also=("device",)), latest(new, with_env=False, also=("device",))
+    # rows pair up per device too, unless told otherwise: a CSV holding CPU and GPU rows keeps both
+    by_device = () if allow_device_mismatch else ("device",)
+    base, new = latest(base, with_env=False, also=by_device), latest(new, with_env=False, also=by_device)
     for frame in (base, new):
         frame["status"] = frame["status"].fillna("ok") if "status" in frame else "ok"
     metrics = [m for m in HIGHER_IS_BETTER + LOWER_IS_BETTER if m in base.columns and m in new.columns]
@@ -143,8 +142,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
         speed = [m for m in metrics if m in HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"]]
         base, new = _relative(base, relative_to, speed), _relative(new, relative_to, speed)
     keys = [c for c in key_columns(base, with_env=False) if c in new.columns]
-    if not allow_device_mismatch and "device" in base.columns and "device" in new.columns:
-        keys.append("device")
+    keys += [c for c in by_device if c in base.columns and c in new.columns]
     merged = base.merge(new, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
     rows = []
     for _, r in merged.iterrows():
