@@ -42,10 +42,16 @@ src="$work/natten-$version"
 abi=$("$python" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 cxx=$("$python" -c "import torch; v=tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])); print(20 if v >= (2, 9) else 17)")
 cmakelists="$src/csrc/CMakeLists.txt"
-sed -i -e "s/-D_GLIBCXX_USE_CXX11_ABI=[01]/-D_GLIBCXX_USE_CXX11_ABI=$abi/" \
-       -e "s/set(CXX_STD \"1[47]\"/set(CXX_STD \"$cxx\"/" \
-       -e "s/-std=c++1[47]/-std=c++$cxx/" "$cmakelists"
+if [ -f "$cmakelists" ]; then  # 0.15-0.17 build with CMake, flags hard-coded
+    sed -i -e "s/-D_GLIBCXX_USE_CXX11_ABI=[01]/-D_GLIBCXX_USE_CXX11_ABI=$abi/" \
+           -e "s/set(CXX_STD \"1[47]\"/set(CXX_STD \"$cxx\"/" \
+           -e "s/-std=c++1[47]/-std=c++$cxx/" "$cmakelists"
+fi  # 0.14 builds with torch.utils.cpp_extension, which takes both from the installed torch
 if [ -d /usr/local/cuda ] && [ -z "${CUDA_HOME:-}" ]; then export CUDA_HOME=/usr/local/cuda CUDA_PATH=/usr/local/cuda; fi
 export NATTEN_N_WORKERS="${NATTEN_N_WORKERS:-2}" CMAKE_BUILD_TYPE="${CMAKE_BUILD_TYPE:-Release}"
+# NATTEN's own release builds set this: its setup.py then removes CMake's files (CMakeCache.txt,
+# CMakeFiles/, Makefile, cmake_install.cmake) from the build directory, which would otherwise be
+# installed into site-packages beside the package (the version gains a local tag: 0.15.1+torch2141cpu)
+export NATTEN_IS_BUILDING_DIST=1
 "$python" -m pip install --no-build-isolation "$src"
 "$python" -c "import dinat_timm.ops as o; print('natten_legacy:', o.available_backends()['natten_legacy'] or 'usable')"
