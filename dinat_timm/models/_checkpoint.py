@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 from urllib.parse import urlparse
 
 import torch
@@ -25,6 +26,10 @@ class CheckpointMismatchError(ValueError):
 
 def unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
     """The tensors of a checkpoint saved as ``{'model': …}``, ``{'state_dict': …}`` or bare, DDP prefix off."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointMismatchError(
+            f"the checkpoint holds a {type(state_dict).__name__}, not a state dict (a mapping of parameter names "
+            "to tensors, as model.state_dict() returns)")
     for key in ("model", "state_dict", "model_state"):
         if key in state_dict and isinstance(state_dict[key], dict):
             state_dict = state_dict[key]
@@ -33,7 +38,9 @@ def unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
     for k, v in state_dict.items():
         if not isinstance(v, torch.Tensor):
             continue
-        out[k[len("module."):] if k.startswith("module.") else k] = v
+        for wrapper in ("_orig_mod.", "module.", "_orig_mod."):  # torch.compile and DDP, in either order
+            k = k[len(wrapper):] if k.startswith(wrapper) else k
+        out[k] = v
     return out
 
 
@@ -176,7 +183,7 @@ class WeightSources:
     def explain(self, variant: str, why: str) -> str:
         lines = [f"no pretrained weights for {variant!r}: {why}.", "Place one of these files and call again:"]
         for path in self.hf_cache_files():
-            lines.append(f"  Hugging Face cache: {path}  (huggingface-cli download {self.hf_repo} {path.name})")
+            lines.append(f"  Hugging Face cache: {path}  (hf download {self.hf_repo} {path.name})")
         if self.url_cache_file() is not None:
             lines.append(f"  torch hub cache:    {self.url_cache_file()}")
         lines.append("downloadable from:")
@@ -203,20 +210,111 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file that is missing, empty, not a checkpoint, or whose bytes fail their checksum."""
+
+
+_HEX = set("0123456789abcdef")
+
+
+def _blob_checksum(path: Path):
+    """(algorithm, expected digest, digest of the bytes) for a file of the Hugging Face cache, whose
+    blobs are named by their checksum (sha256 for LFS files, git's sha1 for small ones); else None."""
+    import hashlib
+
+    blob = Path(os.path.realpath(path))
+    name = blob.name
+    if blob.parent.name != "blobs" or not set(name) <= _HEX or len(name) not in (40, 64):
+        return None
+    digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1(b"blob %d\0" % blob.stat().st_size)
+    with open(blob, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return ("sha256" if len(name) == 64 else "git sha1"), name, digest.hexdigest()
+
+
+def check_checkpoint_file(path) -> None:
+    """Refuse, naming the file and what is wrong, a checkpoint that cannot be the weights: missing,
+    empty, not a checkpoint format, or with bytes that fail a checksum (the Hub cache's blob name, or
+    the CRC-32 of every member of a ``torch.save`` zip archive)."""
+    path = Path(path)
+    if not path.exists():
+        raise CorruptCheckpoint(f"checkpoint {path}: no such file")
+    if path.is_dir():
+        raise CorruptCheckpoint(f"checkpoint {path} is a directory, not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptCheckpoint(f"checkpoint {path} is empty (0 bytes): an interrupted download? Fetch it again")
+    checksum = _blob_checksum(path)
+    if checksum and checksum[1] != checksum[2]:
+        raise CorruptCheckpoint(f"checkpoint {path}: its {checksum[0]} is {checksum[2]}, the Hub's is {checksum[1]}: "
+                                "the file is corrupted; delete it and download it again")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if zipfile.is_zipfile(path):  # torch.save's format
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CorruptCheckpoint(f"checkpoint {path} is a damaged zip archive ({e}): download it again") from None
+        if bad is not None:
+            raise CorruptCheckpoint(f"checkpoint {path}: member {bad!r} fails its CRC-32 checksum: the file is "
+                                    "corrupted; download it again")
+        return
+    if path.suffix == ".safetensors" or (len(head) == 16 and head[8:9] == b"{"):
+        header = int.from_bytes(head[:8], "little")
+        if len(head) < 9 or header <= 0 or header > size - 8:
+            raise CorruptCheckpoint(f"checkpoint {path} is not a valid safetensors file (header length {header}, "
+                                    f"file size {size})")
+        return
+    if head[:1] == b"\x80":  # a legacy (pre-zip) torch.save pickle stream
+        return
+    raise CorruptCheckpoint(f"checkpoint {path} is not a checkpoint: neither a torch.save archive nor safetensors "
+                            f"({size} bytes, starting {head[:12]!r})")
+
+
+def read_checkpoint(path) -> Dict:
+    """The state dict in a checkpoint file, read safely (safetensors, or ``torch.load(weights_only=True)``:
+    no pickled code runs), after ``check_checkpoint_file``; every failure names the file."""
+    check_checkpoint_file(path)
+    path = str(path)
+    try:
+        if path.endswith(".safetensors") or (not zipfile.is_zipfile(path) and _looks_safetensors(path)):
+            import safetensors.torch
+
+            state = safetensors.torch.load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader's failure, named with the file
+        raise CorruptCheckpoint(f"checkpoint {path} could not be read: {type(e).__name__}: {e}") from None
+    try:
+        return unwrap_state_dict(state)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"{path}: {e}") from None
+
+
+def _looks_safetensors(path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def resolve_weight_source(variant: str, kwargs: Dict) -> Dict:
-    """Point timm at a local copy when there is one, try the URL when the Hub is out of reach,
+    """Read the weights here when a local copy exists (the caller's file, or a cached download),
+    checked and named in every error, and hand them to timm; try the URL when the Hub is out of reach,
     and fail at once, saying what to place where, when no source can serve."""
     from timm.models._builder import resolve_pretrained_cfg
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
-    if cfg.file or cfg.state_dict:  # the caller named the weights
+    if cfg.state_dict or cfg.source in ("local-dir", "hf-hub"):  # handed over, or timm's own Hub layout
         return kwargs
-    sources = WeightSources(cfg.hf_hub_id, cfg.url)
-    local = sources.cached()
+    local = cfg.file or WeightSources(cfg.hf_hub_id, cfg.url).cached()
     if local:
-        overlay["file"] = local
-    elif _offline():
+        overlay.update(state_dict=read_checkpoint(local), file=str(local))
+        return dict(kwargs, pretrained_cfg_overlay=overlay)
+    sources = WeightSources(cfg.hf_hub_id, cfg.url)
+    if _offline():
         raise PretrainedWeightsUnavailable(sources.explain(variant, "offline (HF_HUB_OFFLINE) and not in a local cache"))
     else:
         hub_up = bool(sources.hf_repo) and _reachable("https://huggingface.co")
@@ -231,23 +329,38 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """No source of a tag's weights is reachable or cached; the message says what to place where."""
 
 
+def _weights_file(kwargs: Dict) -> Optional[str]:
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    return overlay.get("file")
+
+
 def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num_features: int, **kwargs):
     """``build_model_with_cfg`` with timm's feature getter over ``num_features`` stages or blocks,
-    weights from whichever source can serve them, and a load failure reported as which weights
-    failed and why."""
+    weights from whichever source can serve them (checked before they are read), and a load failure
+    reported as which weights, from which file, failed and why."""
     from timm.models import build_model_with_cfg
 
     out_indices = kwargs.pop("out_indices", tuple(range(num_features)))
     feature_cfg = dict(out_indices=out_indices, feature_cls="getter")
     if pretrained:
         kwargs = resolve_weight_source(variant, kwargs)
+    source = _weights_file(kwargs) if pretrained else None
+    where = f" from {source}" if source else ""
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs
         )
-    except (CheckpointMismatchError, PretrainedWeightsUnavailable):
+        for cfg in {id(c): c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+                    if isinstance(c, dict)}.values():
+            cfg.pop("state_dict", None)  # the weights are in the model; the cfg keeps the file's name
+        return model
+    except CheckpointMismatchError as e:
+        if source and source not in str(e):
+            raise CheckpointMismatchError(f"{source}: {e}") from e
+        raise
+    except (CorruptCheckpoint, PretrainedWeightsUnavailable):
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with context below
         if not pretrained or isinstance(e, TypeError):
             raise
-        raise RuntimeError(f"could not load pretrained weights for {variant!r}: {type(e).__name__}: {e}") from e
+        raise RuntimeError(f"could not load pretrained weights for {variant!r}{where}: {type(e).__name__}: {e}") from e

@@ -14,6 +14,7 @@ from timm.layers import ClassifierHead
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
+from . import _args
 from ._api import ClassifierModelMixin
 from ._blocks import NATBlock, check_image_input, init_weights, stage_drop_path_rates
 
@@ -48,9 +49,14 @@ class NATStage(nn.Module):
 def resolve_dilations(dilations, depths) -> List[List[int]]:
     if dilations is None:
         return [[1] * d for d in depths]
-    dilations = [list(d) for d in dilations]
+    try:
+        dilations = [list(d) for d in dilations]
+    except TypeError:
+        raise ValueError(f"dilations must be a list per stage of one integer per block, got {dilations!r}") from None
     if [len(d) for d in dilations] != list(depths):
         raise ValueError(f"dilations {dilations} needs one entry per block of depths {list(depths)}")
+    for stage in dilations:
+        _args.int_list("dilations", stage)
     return dilations
 
 
@@ -87,9 +93,21 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        depths, num_heads = tuple(depths), tuple(num_heads)
-        if len(num_heads) != len(depths):
-            raise ValueError(f"num_heads {num_heads} needs one entry per stage of depths {depths}")
+        _args.image_size("img_size", img_size)
+        _args.positive_int("in_chans", in_chans)
+        _args.positive_int("num_classes", num_classes, minimum=0)
+        _args.positive_int("embed_dim", embed_dim)
+        depths = _args.int_list("depths", depths)
+        if isinstance(num_heads, Sequence) and len(num_heads) != len(depths):
+            raise ValueError(f"num_heads {tuple(num_heads)} needs one entry per stage of depths {depths}")
+        num_heads = _args.int_list("num_heads", num_heads, len(depths))
+        _args.positive_number("mlp_ratio", mlp_ratio)
+        _args.kernel_size(kernel_size)
+        _args.optional_positive_number("layer_scale", layer_scale)
+        for name, value in (("drop_rate", drop_rate), ("proj_drop_rate", proj_drop_rate),
+                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            _args.rate(name, value)
+        _args.heads_divide([embed_dim * 2**i for i in range(len(depths))], num_heads)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
+from . import _args
 from ._checkpoint import build_family_model, convert_original_hierarchical, filter_checkpoint, pretrained_cfg
 from ._hierarchical import HierarchicalNAT
 
@@ -89,6 +90,7 @@ class DiNAT_s(HierarchicalNAT):
         device=None,
         dtype=None,
     ):
+        _args.positive_int("patch_size", patch_size)
         stem = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None, device=device, dtype=dtype)
         super().__init__(
             stem, PatchMerging, patch_size, img_size, in_chans, num_classes, global_pool, embed_dim, depths,

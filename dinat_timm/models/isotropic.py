@@ -19,6 +19,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..ops._cache import cached_constant
+from . import _args
 from ._api import ClassifierModelMixin
 from ._blocks import NATBlock, channels_last_contiguous, check_image_input, init_weights, linear_drop_path_rates
 from ._checkpoint import build_family_model, filter_checkpoint, head_fc_key, pretrained_cfg
@@ -112,6 +113,21 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         dd = {"device": device, "dtype": dtype}
         if attention not in ("neighborhood", "global"):
             raise ValueError(f"attention must be 'neighborhood' or 'global', got {attention!r}")
+        _args.image_size("img_size", img_size)
+        _args.positive_int("patch_size", patch_size)
+        _args.positive_int("in_chans", in_chans)
+        _args.positive_int("num_classes", num_classes, minimum=0)
+        _args.positive_int("embed_dim", embed_dim)
+        _args.positive_int("depth", depth)
+        _args.positive_int("num_heads", num_heads)
+        _args.heads_divide([embed_dim], [num_heads])
+        _args.positive_number("mlp_ratio", mlp_ratio)
+        if attention == "neighborhood":
+            _args.kernel_size(kernel_size)
+            _args.positive_int("dilation", dilation)
+        for name, value in (("drop_rate", drop_rate), ("proj_drop_rate", proj_drop_rate),
+                            ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            _args.rate(name, value)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans

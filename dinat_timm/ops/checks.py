@@ -50,7 +50,9 @@ def check_inputs(
         raise TypeError(f"query, key and value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}")
     if not (query.device == key.device == value.device):
         raise ValueError(f"query, key and value devices differ: {query.device}, {key.device}, {value.device}")
-    _, heads, height, width, _ = query.shape
+    _, heads, height, width, head_dim = query.shape
+    if head_dim < 1:
+        raise ValueError(f"head_dim (the last axis of query, key and value) must be >= 1, got shape {tuple(query.shape)}")
     window = kernel_size * dilation
     if height < window or width < window:
         raise ValueError(
@@ -61,6 +63,8 @@ def check_inputs(
     if rpb is not None:
         if not isinstance(rpb, torch.Tensor):
             raise TypeError(f"rpb must be a torch.Tensor or None, got {type(rpb).__name__}")
+        if not rpb.is_floating_point():
+            raise TypeError(f"rpb (the relative position bias) must be a floating point tensor, got {rpb.dtype}")
         expected = (heads, 2 * kernel_size - 1, 2 * kernel_size - 1)
         if tuple(rpb.shape) != expected:
             raise ValueError(
