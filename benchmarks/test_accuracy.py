@@ -2,39 +2,46 @@
 
 With ``--data-dir`` (an ImageNet validation set in any layout ``timm.data.create_dataset``
 reads) rows go to ``accuracy_imagenet.csv``; without, a generated tiny labelled image folder runs
-the same pipeline and its rows go to ``accuracy_generated.csv``, marked ``generated-tiny``.
+the same pipeline and its rows go to ``accuracy_generated.csv``, marked ``generated-tiny`` and
+described as what they are: a pipeline check with random weights, not accuracy.
 """
+from pathlib import Path
+
 import pytest
 
-from conftest import opt
-from dinat_timm.bench.accuracy import GENERATED_TAG, evaluate, make_tiny_dataset
+from dinat_timm.bench.accuracy import GENERATED_TAG, describe, evaluate, make_tiny_dataset, skipped_flag
 
 
 @pytest.fixture(scope="session")
 def dataset(request, tmp_path_factory):
-    data_dir = opt(request.config, "data-dir")
+    from dinat_timm.bench.options import BenchOptions
+
+    data_dir = BenchOptions(request.config).get("data-dir")
     if data_dir:
+        if not Path(data_dir).exists():
+            raise pytest.UsageError(f"--data-dir {data_dir}: no such file or directory")
         return data_dir, data_dir
     return str(make_tiny_dataset(tmp_path_factory.mktemp("tiny-imagefolder"))), GENERATED_TAG
 
 
-def test_accuracy(benchmark, leaderboard, request, dataset, model_name):
-    config = request.config
+def test_accuracy(benchmark, leaderboard, bench_options, dataset, model_name):
     data_dir, tag = dataset
-    pretrained = opt(config, "pretrained")
+    pretrained = bench_options.get("pretrained")
     pretrained = (pretrained == "1") or (pretrained == "auto" and tag != GENERATED_TAG)
     csv = "accuracy_generated.csv" if tag == GENERATED_TAG else "accuracy_imagenet.csv"
     leaderboard.context(csv, suite="accuracy", model=model_name, dataset=tag, pretrained=int(pretrained))
-    split = opt(config, "split") if tag != GENERATED_TAG else ""
+    split = bench_options.get("split") if tag != GENERATED_TAG else ""
     result = {}
 
     def run():
         result.update(evaluate(
-            model_name, data_dir, split=split, batch_size=int(opt(config, "eval-batch-size")),
-            max_samples=int(opt(config, "max-samples")), device=opt(config, "device"), pretrained=pretrained,
+            model_name, data_dir, split=split, batch_size=bench_options.int("eval-batch-size", 1),
+            max_samples=bench_options.int("max-samples"), device=bench_options.get("device"), pretrained=pretrained,
+            skip_unreadable=bench_options.get("skip-unreadable") == "1",
         ))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(result)
-    leaderboard.record(csv, suite="accuracy", dataset=tag, pretrained=int(pretrained), **result)
-
+    row = dict(suite="accuracy", dataset=tag, pretrained=int(pretrained), **result)
+    row["what"] = describe(row)
+    leaderboard.record(csv, flag=skipped_flag(row), **row)

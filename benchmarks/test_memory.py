@@ -1,8 +1,8 @@
 """Peak memory of one inference / training step (see ``dinat_timm.bench.memory`` for how)."""
 import pytest
 
-from conftest import config_columns
 from dinat_timm.bench.memory import peak_memory_mb
+from dinat_timm.bench.steps import config_columns, model_input_size
 
 CSV = "memory.csv"
 
@@ -11,10 +11,10 @@ CSV = "memory.csv"
 def test_peak_memory(benchmark, leaderboard, bench_config, mode):
     cfg = bench_config
     if cfg.compile:
-        pytest.skip("memory is measured eagerly")
+        pytest.skip("memory is measured eagerly, not compiled")
     method = "cuda.max_memory_allocated" if cfg.device.startswith("cuda") else "VmHWM-VmRSS in a fresh process"
     columns = dict(suite="memory", **config_columns(cfg), mode=mode, batch=cfg.batch_size,
-                   img_size=cfg.img_size or "cfg", method=method)
+                   img_size=cfg.img_size or model_input_size(cfg.model), method=method)
     leaderboard.context(CSV, **columns)
     result = {}
 

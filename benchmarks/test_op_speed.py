@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import opt, run_benchmark, sync
+from dinat_timm.bench.session import measure, sync
 from dinat_timm.bench.steps import DTYPES
 from dinat_timm.ops import neighborhood_attention_2d
 from dinat_timm.ops.chooser import why_not
@@ -46,12 +46,12 @@ def _step(fn, inputs, backward):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"stage{s[0]}-{s[1]}x{s[1]}-h{s[2]}-d{s[3]}")
 @pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["triton", "tiled", "gather", "natten", "natten_legacy", "flex"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_op_speed(benchmark, leaderboard, request, dtype, backend, shape, mode):
-    # backends and dtypes the options do not ask for are deselected at collection (conftest.py)
-    config = request.config
+def test_op_speed(benchmark, leaderboard, bench_options, dtype, backend, shape, mode):
+    # backends and dtypes the options do not ask for, or the device cannot run, are deselected at
+    # collection (conftest.py), with the reason in the end-of-run summary
     stage, size, heads, dilation = shape
-    device = opt(config, "device")
-    batch = int(opt(config, "op-batch-size"))
+    device = bench_options.get("device")
+    batch = bench_options.int("op-batch-size", 1)
     backward = mode == "fwd_bwd"
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, size, size, 32, generator=gen).to(device, DTYPES[dtype]).requires_grad_(backward)
@@ -71,7 +71,7 @@ def test_op_speed(benchmark, leaderboard, request, dtype, backend, shape, mode):
         kernel_size=7, dilation=dilation, batch=batch, dtype=dtype, rpb=int(rpb is not None),
     )
     leaderboard.context(CSV, **columns)
-    rounds, warmup = int(opt(config, "rounds")), int(opt(config, "warmup"))
+    rounds, warmup = bench_options.int("rounds", 1), bench_options.int("warmup")
     if backend in SLOW_ON_CPU and device == "cpu":
         rounds, warmup = min(rounds, 2), min(warmup, 1)  # unfused paths: seconds a call, not milliseconds
     yardstick_step, yardstick_times = _step(windowed_attention, (q, k, v), backward), []
@@ -82,8 +82,9 @@ def test_op_speed(benchmark, leaderboard, request, dtype, backend, shape, mode):
         sync(device)
         yardstick_times.append(time.perf_counter() - start)
 
-    seconds = run_benchmark(benchmark, _step(fn, inputs, backward), device, config, rounds, warmup, time_yardstick)
-    yardstick = statistics.median(yardstick_times[warmup:])
+    measured = measure(benchmark, _step(fn, inputs, backward), device, rounds, warmup, time_yardstick)
+    seconds, yardstick = measured.seconds, statistics.median(yardstick_times[warmup:])
     benchmark.extra_info.update(columns)
     benchmark.extra_info["ratio_vs_windowed"] = seconds / yardstick
-    leaderboard.record(CSV, **columns, median_ms=seconds * 1e3, windowed_ms=yardstick * 1e3, ratio_vs_windowed=seconds / yardstick)
+    leaderboard.record(CSV, measured=measured, **columns, median_ms=seconds * 1e3, windowed_ms=yardstick * 1e3,
+                       ratio_vs_windowed=seconds / yardstick)

@@ -5,25 +5,27 @@ that speed can be read — and compared in CI — as a ratio to them on the same
 """
 import pytest
 
-from conftest import config_columns, run_benchmark
-from dinat_timm.bench.steps import build_model, count_gmacs, inference_step, param_count, resolve_img_size, train_step
+from dinat_timm.bench.session import measure
+from dinat_timm.bench.steps import (build_model, config_columns, count_gmacs, inference_step, param_count,
+                                    resolve_img_size, train_step)
 
 CSV = "throughput.csv"
 _GMACS = {}
 
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
-def test_throughput(benchmark, leaderboard, request, bench_config, mode):
+def test_throughput(benchmark, leaderboard, bench_options, bench_config, mode):
     cfg = bench_config
     model = build_model(cfg)
     size = resolve_img_size(model, cfg.img_size)
     columns = dict(suite="throughput", **config_columns(cfg), **{f"{mode}_img_size": size, f"{mode}_batch_size": cfg.batch_size})
     leaderboard.context(CSV, **columns)
     step = (inference_step if mode == "infer" else train_step)(cfg, model)
-    seconds = run_benchmark(benchmark, step, cfg.device, request.config)
+    measured = measure(benchmark, step, cfg.device, bench_options.int("rounds", 1), bench_options.int("warmup"))
     key = (cfg.model, size)
     if key not in _GMACS:
         _GMACS[key] = count_gmacs(cfg.model, size)
+    seconds = measured.seconds
     row = dict(
         columns,
         **{f"{mode}_samples_per_sec": round(cfg.batch_size / seconds, 3), f"{mode}_step_time": round(seconds * 1e3, 3)},
@@ -31,4 +33,4 @@ def test_throughput(benchmark, leaderboard, request, bench_config, mode):
         gmacs=round(_GMACS[key], 3),
     )
     benchmark.extra_info.update(row)
-    leaderboard.record(CSV, **row)
+    leaderboard.record(CSV, measured=measured, **row)

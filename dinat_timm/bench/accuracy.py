@@ -10,6 +10,7 @@ the single-process one exactly)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import timm
 import torch
 import torch.distributed as dist
 from timm.data import create_dataset, create_transform, resolve_data_config
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 GENERATED_TAG = "generated-tiny"
 
@@ -63,6 +64,46 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return max(0, math.ceil((len(self.dataset) - self.rank) / self.num_replicas))
 
 
+class UnreadableImages(RuntimeError):
+    """Images of the data set that cannot be decoded; the message names them and the way to skip them."""
+
+
+class _EachImageOnce(Dataset):
+    """Index ``i`` reads image ``i`` and nothing else. timm's ``ImageDataset`` replaces an image it
+    cannot decode by the next one (a warning in the log), which counts that one twice and says
+    nothing in the result; here an unreadable image comes back as ``None`` with its file name and
+    the error, for the caller to skip and report, or to fail on."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        source, target, *_ = self.dataset.reader[index]
+        try:
+            with contextlib.ExitStack() as stack:
+                if hasattr(source, "close"):
+                    stack.callback(source.close)
+                image = Image.open(source).convert("RGB")  # convert decodes every pixel
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            name = self.dataset.filename(index)
+            return None, -1 if target is None else target, f"{name} ({type(e).__name__}: {e})"
+        return self.transform(image), -1 if target is None else target, None
+
+
+def _collate(samples):
+    """A batch of the readable samples, and the descriptions of those that were not."""
+    readable = [s for s in samples if s[0] is not None]
+    unreadable = [s[2] for s in samples if s[0] is None]
+    images = torch.stack([s[0] for s in readable]) if readable else None
+    targets = torch.tensor([s[1] for s in readable], dtype=torch.long)
+    return images, targets, unreadable
+
+
 def evaluate(
     model_name: str,
     data_dir,
@@ -74,21 +115,29 @@ def evaluate(
     workers: int = 0,
     model: Optional[torch.nn.Module] = None,
     progress: Optional[bool] = None,
+    skip_unreadable: bool = False,
     **model_kwargs,
 ) -> dict:
-    """Top-1/top-5 (%) of ``model_name`` on an ImageFolder-style set, with its cfg's transforms."""
+    """Top-1/top-5 (%) of ``model_name`` on an ImageFolder-style set, with its cfg's transforms.
+
+    Every image is read once: one that cannot be decoded fails the evaluation (``UnreadableImages``,
+    naming it), or with ``skip_unreadable`` is left out, counted in ``skipped`` and named in
+    ``skipped_files``; ``samples`` counts the images actually scored."""
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 (0 = every image), got {max_samples}")
     if model is None:
         model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
     model = model.to(device).eval()
     data_config = resolve_data_config({}, model=model)
     transform = create_transform(**data_config, is_training=False)
-    dataset = create_dataset("", root=str(data_dir), split=split, is_training=False, transform=transform)
+    dataset = _EachImageOnce(create_dataset("", root=str(data_dir), split=split, is_training=False), transform)
     if max_samples:
         dataset = Subset(dataset, range(min(max_samples, len(dataset))))
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     sampler = UnpaddedDistributedSampler(dataset) if distributed else None
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                        collate_fn=_collate)
     if progress is None:
         progress = rank == 0 and sys.stderr.isatty()
     batches = loader
@@ -96,18 +145,35 @@ def evaluate(
         from tqdm import tqdm
 
         batches = tqdm(loader, desc=f"eval {model_name}", unit="batch")
-    counts = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, samples
+    counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images scored, images skipped
+    skipped = []
     with torch.inference_mode():
-        for images, targets in batches:
+        for images, targets, unreadable in batches:
+            if unreadable and not skip_unreadable:
+                raise UnreadableImages(
+                    f"{len(unreadable)} image(s) of {data_dir} cannot be read: {'; '.join(unreadable[:5])}"
+                    f"{' …' if len(unreadable) > 5 else ''}. Replace them, or pass --skip-unreadable to leave them "
+                    "out (the row then says how many and which, and is flagged)")
+            skipped += unreadable
+            counts[3] += len(unreadable)
+            if images is None:
+                continue
             logits = model(images.to(device))
             k = min(5, logits.shape[-1])
             top = logits.topk(k, dim=-1).indices.cpu()
             hits = top.eq(targets[:, None])
-            counts += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=-1).sum().item(), len(targets)], dtype=torch.float64)
+            counts[:3] += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=-1).sum().item(), len(targets)],
+                                       dtype=torch.float64)
     if distributed:
         dist.all_reduce(counts)
-    hits1, hits5, n = counts.tolist()
-    top1, top5, n = 100 * hits1 / max(n, 1), 100 * hits5 / max(n, 1), int(n)
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, skipped)
+        skipped = [name for part in gathered for name in part]
+    hits1, hits5, n, n_skipped = counts.tolist()
+    if n == 0:
+        raise ValueError(f"no image of {data_dir} (split {split!r}) was scored: the data set is empty"
+                         + (f" or all {int(n_skipped)} images were unreadable" if n_skipped else ""))
+    top1, top5, n = 100 * hits1 / n, 100 * hits5 / n, int(n)
     return {
         "model": model_name,
         "img_size": data_config["input_size"][-1],
@@ -116,6 +182,8 @@ def evaluate(
         "top5": round(top5, 3),
         "top5_err": round(100 - top5, 3),
         "samples": n,
+        "skipped": int(n_skipped),
+        "skipped_files": "; ".join(skipped[:20]) + (f" … (+{len(skipped) - 20})" if len(skipped) > 20 else ""),
         "param_count": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "crop_pct": data_config["crop_pct"],
         "interpolation": data_config["interpolation"],
@@ -123,21 +191,75 @@ def evaluate(
     }
 
 
-def main(argv=None) -> None:
+def skipped_flag(row: dict) -> str:
+    """A row that left images out is not the data set's accuracy: it is flagged, so boards and compare
+    leave it out unless told otherwise."""
+    return f"incomplete: {row['skipped']} unreadable image(s) skipped" if row.get("skipped") else ""
+
+
+def describe(row: dict) -> str:
+    """What a row's top-1 is: real accuracy only for the published weights on a real data set."""
+    from ..results.boards import ACCURACY_KINDS, accuracy_kind
+
+    import pandas as pd
+
+    return ACCURACY_KINDS[accuracy_kind(pd.DataFrame([row])).iloc[0]]
+
+
+class _UsageError(Exception):
+    """A command-line argument that cannot work; printed as one line, exit 2, before any model loads."""
+
+
+def _check_args(args) -> None:
+    problems = []
+    if args.max_samples < 0:
+        problems.append(f"--max-samples must be >= 0 (0 = every image), got {args.max_samples}")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        problems.append(f"--workers must be >= 0, got {args.workers}")
+    if args.data_dir and not Path(args.data_dir).exists():
+        problems.append(f"--data-dir {args.data_dir}: no such file or directory")
+    if args.results:
+        results = Path(args.results)
+        if results.is_dir():
+            problems.append(f"--results {args.results} is a directory: give the CSV file to append to, "
+                            f"e.g. {results / 'accuracy_imagenet.csv'}")
+        elif not results.parent.exists():
+            problems.append(f"--results {args.results}: directory {results.parent} does not exist")
+        elif results.exists() and not os.access(results, os.W_OK):
+            problems.append(f"--results {args.results} is not writable")
+    try:
+        json.loads(args.model_kwargs)
+    except ValueError as e:
+        problems.append(f"--model-kwargs is not JSON: {e}")
+    if problems:
+        raise _UsageError("; ".join(problems))
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="top-1/top-5 of a timm model (torchrun for several processes)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-dir", default="", help="ImageFolder root; empty = a generated tiny set")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-samples", type=int, default=0)
+    parser.add_argument("--max-samples", type=int, default=0, help="score only the first N images (0 = all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pretrained", action="store_true")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra timm.create_model kwargs")
     parser.add_argument("--results", default="", help="append the row to this CSV (rank 0)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out images that cannot be decoded (counted, named and flagged in the row) "
+                             "instead of failing")
     parser.add_argument("--tf32", type=int, choices=(0, 1), default=0,
                         help="TF32 for matmuls and cuDNN convolutions (default 0: reproducible fp32 on GPUs)")
     args = parser.parse_args(argv)
+    try:
+        _check_args(args)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import dinat_timm  # noqa: F401  (registers the models)
     from ..results.environment import set_tf32
@@ -155,11 +277,16 @@ def main(argv=None) -> None:
         data_dir = make_tiny_dataset(Path(os.environ.get("TMPDIR", "/tmp")) / "dinat_timm_tiny_imagefolder")
         dataset_tag = GENERATED_TAG
     torch.manual_seed(0)  # identical random init on every rank when not pretrained
-    row = evaluate(
-        args.model, data_dir, args.split, args.batch_size, args.max_samples, args.device, args.pretrained,
-        args.workers, **json.loads(args.model_kwargs),
-    )
-    row.update(dataset=dataset_tag, pretrained=args.pretrained)
+    try:
+        row = evaluate(
+            args.model, data_dir, args.split, args.batch_size, args.max_samples, args.device, args.pretrained,
+            args.workers, skip_unreadable=args.skip_unreadable, **json.loads(args.model_kwargs),
+        )
+    except UnreadableImages as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    row.update(dataset=dataset_tag, pretrained=int(args.pretrained))
+    row.update(what=describe(row), flag=skipped_flag(row))
     if not dist.is_initialized() or dist.get_rank() == 0:
         if args.results:
             from ..results.environment import environment
@@ -169,7 +296,8 @@ def main(argv=None) -> None:
         print(json.dumps(row))
     if dist.is_initialized():
         dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,6 +28,14 @@ def resolve_img_size(model: torch.nn.Module, img_size: Optional[int]) -> int:
     return img_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
 
 
+def model_input_size(name: str) -> int:
+    """The input size of a model's default pretrained cfg, without building the model."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)  # an architecture's name gives its default tag's cfg
+    return (cfg.input_size if cfg is not None else (3, 224, 224))[-1]
+
+
 def autocast(cfg: StepConfig):
     if cfg.dtype == "fp32":
         return contextlib.nullcontext()
@@ -124,3 +132,19 @@ def count_gmacs(model_name: str, img_size: Optional[int] = None) -> float:
 def param_count(model: torch.nn.Module) -> float:
     """Parameters in millions, as timm's results tables report them."""
     return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def config_columns(cfg: StepConfig) -> dict:
+    """The columns every speed/memory row shares, incl. the backend ``auto`` resolved to."""
+    chosen = "timm"  # the reference model's own attention
+    if is_dinat_model(cfg.model):
+        chosen = cfg.backend
+        layout, _, op_backend = cfg.backend.rpartition(":")
+        if op_backend == "auto":
+            from ..ops import choose_backend
+
+            probe = torch.empty(1, 1, 7, 7, 8, device=cfg.device)
+            resolved = choose_backend(probe, torch.empty(1, 13, 13, device=cfg.device), needs_grad=False)
+            chosen = f"{layout + ':' if layout else ''}auto:{resolved}"
+    return dict(model=cfg.model, dtype=cfg.dtype, channels_last=int(cfg.channels_last), compile=int(cfg.compile),
+                backend=chosen, pretrained=int(cfg.pretrained))

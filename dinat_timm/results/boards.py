@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import pandas as pd
 
-from .writer import read_csv, write_csv_atomic
+from .validate import load_checked
+from .writer import replace_together, write_csv_atomic
 
 PAPER = Path(__file__).with_name("paper.csv")
 
@@ -47,11 +48,29 @@ def latest(df: pd.DataFrame, with_env: bool = True, also: Sequence[str] = ()) ->
     return df.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
 
 
+class BoardsRefused(ValueError):
+    """Input CSVs that cannot be merged or ranked; ``problems`` lists every reason (the CLI exits 2)."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
 def merge(paths: Iterable, out=None) -> pd.DataFrame:
-    """Concatenate CSVs from several machines / NATTEN versions into one board."""
-    frames = [read_csv(p) for p in paths]
-    frames = [f for f in frames if not f.empty]
-    table = latest(pd.concat(frames, ignore_index=True, sort=False)) if frames else pd.DataFrame()
+    """Concatenate CSVs from several machines / NATTEN versions into one board (the latest row of
+    each configuration per device, torch and NATTEN version). Every input is checked first; the
+    columns of header-only inputs are kept."""
+    frames, problems = [], []
+    for path in paths:
+        frame, found = load_checked(path)
+        frames.append(frame)
+        problems += found
+    if problems:
+        raise BoardsRefused(problems)
+    columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+    rows = [f for f in frames if not f.empty]
+    table = latest(pd.concat(rows, ignore_index=True, sort=False)) if rows else pd.DataFrame()
+    table = table.reindex(columns=columns + [c for c in table.columns if c not in columns])
     if out is not None:
         write_csv_atomic(table, out)
     return table
@@ -61,16 +80,85 @@ def paper_table() -> pd.DataFrame:
     return pd.read_csv(PAPER)
 
 
+GENERATED = "generated-tiny"  # the accuracy suite's dataset tag for its generated image set
+REFERENCE = "swin_tiny_patch4_window7_224"  # speeds are read as ratios to it, measured in the same run
+ACCURACY_KINDS = {
+    "imagenet": "ImageNet top-1 of the published weights",
+    "generated": "pipeline check: random weights on generated images, not accuracy",
+    "random": "random weights on a real data set: not comparable to the paper",
+}
+
+
+def accuracy_kind(rows: pd.DataFrame) -> pd.Series:
+    """Which rows are real accuracy (published weights on a real data set) and which are not."""
+    dataset = rows["dataset"].astype(str) if "dataset" in rows else pd.Series("", index=rows.index)
+    pretrained = pd.to_numeric(rows["pretrained"], errors="coerce").fillna(0) if "pretrained" in rows else 0
+    kind = pd.Series("random", index=rows.index)
+    kind[dataset == GENERATED] = "generated"
+    kind[(dataset != GENERATED) & (pretrained == 1)] = "imagenet"
+    return kind
+
+
 def accuracy_board(rows: pd.DataFrame) -> pd.DataFrame:
-    """Measured top-1/top-5 beside the paper's, with Δ (measured − paper) for ImageNet rows."""
+    """Measured top-1/top-5, labelled by what they are; the paper's figures and Δ (measured − paper)
+    only beside real accuracy (published weights on ImageNet), never beside a pipeline check."""
     if rows.empty:
         return rows
     board = latest(rows)
+    kind = accuracy_kind(board)
+    board = board.drop(columns="what", errors="ignore")  # derived again: older rows have none
+    board.insert(0, "what", kind.map(ACCURACY_KINDS))
     paper = paper_table()[["model", "paper_top1", "paper_params_m", "paper_gflops"]]
     board = board.merge(paper, on="model", how="left")
-    on_imagenet = board.get("dataset", pd.Series("", index=board.index)).astype(str) != "generated-tiny"
-    board["top1_delta_vs_paper"] = (board["top1"] - board["paper_top1"]).where(on_imagenet).round(3)
+    real = (kind == "imagenet").to_numpy()
+    for column in ("paper_top1", "paper_params_m", "paper_gflops"):
+        board[column] = board[column].where(real)
+    board["top1_delta_vs_paper"] = (board["top1"] - board["paper_top1"]).where(real).round(3)
     return board
+
+
+def _run_of(df: pd.DataFrame) -> pd.Series:
+    """Which run each row came from: its ``run_id``, or for older rows its commit and day."""
+    commit = df["git_commit"].astype(str) if "git_commit" in df else pd.Series("", index=df.index)
+    day = df["timestamp"].astype(str).str[:10] if "timestamp" in df else pd.Series("", index=df.index)
+    run = commit + "@" + day
+    if "run_id" in df:
+        run = df["run_id"].where(df["run_id"].notna(), run).astype(str)
+    return run
+
+
+def with_reference_ratios(rows: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """``infer_vs_reference`` / ``train_vs_reference``: images/s over the reference model's, measured in
+    the same run on the same device with the same dtype, mode, batch and size (blank where the run
+    has no such reference row)."""
+    rows = rows.copy()
+    rows["__run"] = _run_of(rows)
+    ok = rows["status"].fillna("ok").eq("ok") if "status" in rows else pd.Series(True, index=rows.index)
+    for mode in ("infer", "train"):
+        column = f"{mode}_samples_per_sec"
+        if column not in rows:
+            continue
+        keys = [c for c in ("device", "dtype", "compile", "channels_last", f"{mode}_batch_size", f"{mode}_img_size", "__run")
+                if c in rows]
+        ref = rows[(rows["model"] == reference) & rows[column].notna() & ok][keys + [column]]
+        ref = ref.drop_duplicates(keys, keep="last").rename(columns={column: "__ref"})
+        merged = rows[keys + [column]].merge(ref, on=keys, how="left")
+        rows[f"{mode}_vs_reference"] = (merged[column] / merged["__ref"]).round(3).to_numpy()
+    return rows.drop(columns="__run")
+
+
+def speed_board_of(throughput: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFrame:
+    """The latest row of each configuration, its speed as a ratio to Swin-T of the same run, the peak
+    memory of that model on that device and dtype, and its rank within the device."""
+    board = latest(with_reference_ratios(throughput))
+    if not memory.empty and "peak_mem_mb" in memory:
+        mem = latest(memory)
+        index = [c for c in ("model", "device", "dtype") if c in mem and c in board]
+        pivot = mem.pivot_table(index=index, columns="mode", values=["peak_mem_mb", "batch"], aggfunc="last")
+        pivot.columns = [f"{mode}_peak_mem_mb" if what == "peak_mem_mb" else f"{mode}_peak_mem_batch"
+                         for what, mode in pivot.columns]
+        board = board.merge(pivot.reset_index(), on=index, how="left")
+    return rank_within_device(board)
 
 
 def rank_within_device(board: pd.DataFrame) -> pd.DataFrame:
@@ -94,9 +182,10 @@ def plot_name(accuracy: pd.DataFrame) -> str:
 
 
 def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
-    """Inference images/s against ImageNet top-1 (where accuracy rows exist) or params, one panel per
-    device (a CPU's and a GPU's images/s share no axis). Points are numbered; a table beside each
-    panel names them, with backend, dtype, commit and date, so no label overlaps another."""
+    """Inference speed against ImageNet top-1 (where real accuracy rows exist) or params, one panel
+    per device. Speed is the ratio to Swin-T measured in the same run (as in ``LEADERBOARD.md``);
+    a panel with no such ratio shows images/s. Points are numbered; a table beside each panel names
+    them, with backend, dtype, commit, date and images/s, so no label overlaps another."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,6 +194,8 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
     out = Path(out)
     speed = speed[speed["status"].fillna("ok") == "ok"] if "status" in speed else speed
     speed = speed.dropna(subset=["infer_samples_per_sec"]) if "infer_samples_per_sec" in speed else speed.iloc[0:0]
+    if "infer_vs_reference" not in speed:
+        speed = speed.assign(infer_vs_reference=float("nan"))
     y_col, y_label, what = "param_count", "params (M)", "size"
     if plot_name(accuracy) == "throughput_vs_top1.png":
         acc = accuracy[accuracy["top1_delta_vs_paper"].notna()][["model", "top1"]]
@@ -120,29 +211,37 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
         ax, table_ax = axes[0][2 * i], axes[0][2 * i + 1]
         rows = (speed[speed["device"].astype(str) == device] if device else speed)
         rows = rows.sort_values("infer_samples_per_sec", ascending=False).reset_index(drop=True)
+        ratios = rows["infer_vs_reference"].notna().any()
+        x_col = "infer_vs_reference" if ratios else "infer_samples_per_sec"
         lines = []
         for number, row in enumerate(rows.itertuples(index=False), start=1):
             row = row._asdict()
+            ratio = row["infer_vs_reference"]
+            shown = f"  ×{ratio:.2f} Swin-T" if pd.notna(ratio) else ("  (no Swin-T in its run: not drawn)" if ratios else "")
+            lines.append(f"{number:>2} {row['model']}  {_setting(row)}  {row['infer_samples_per_sec']:.4g}/s{shown}")
+            if pd.isna(row[x_col]):
+                continue
             family = _family(row["model"])
-            ax.scatter(row["infer_samples_per_sec"], row[y_col], marker=markers.get(family, "o"), s=36,
+            ax.scatter(row[x_col], row[y_col], marker=markers.get(family, "o"), s=36,
                        color=f"C{list(markers).index(family) if family in markers else 0}",
                        label=family if family not in ax.get_legend_handles_labels()[1] else None)
-            ax.annotate(str(number), (row["infer_samples_per_sec"], row[y_col]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-            lines.append(f"{number:>2} {row['model']}  {_setting(row)}  {row['infer_samples_per_sec']:.4g}/s")
+            ax.annotate(str(number), (row[x_col], row[y_col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
-        ax.legend(fontsize=8, loc="best")
-        ax.set_xlabel("inference images/s")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8, loc="best")
+        if ratios:
+            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("inference images/s ÷ Swin-T's in the same run" if ratios else "inference images/s")
         ax.set_ylabel(y_label)
         ax.set_title(device or "throughput", fontsize=10)
         ax.grid(True, alpha=0.3)
         table_ax.axis("off")
         table_ax.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7,
                       transform=table_ax.transAxes)
-    fig.suptitle(f"dinat-timm: inference throughput vs {what} (rows flagged noisy or impossible left out)")
+    fig.suptitle(f"dinat-timm: inference speed (relative to Swin-T) vs {what} (rows flagged noisy or impossible left out)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
     return out
 
@@ -173,49 +272,84 @@ def _family(model: str) -> str:
     return "timm reference"
 
 
-def raw_rows(results_dir, name: str) -> pd.DataFrame:
-    """``name``'s rows in ``results_dir`` and in every run directory under it (``runs/*/``), oldest run first."""
+RAW_CSVS = ("throughput.csv", "memory.csv", "accuracy_imagenet.csv", "accuracy_generated.csv", "op_speed.csv",
+            "scaling.csv")
+
+
+def raw_paths(results_dir, name: str) -> List[Path]:
+    """``name`` in ``results_dir`` and in every run directory under it (``runs/*/``), oldest run first."""
     results_dir = Path(results_dir)
-    paths = [results_dir / name] + sorted((results_dir / "runs").glob(f"*/{name}"))
-    frames = [f for f in (read_csv(p) for p in paths) if not f.empty]
-    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+    return [p for p in [results_dir / name] + sorted((results_dir / "runs").glob(f"*/{name}")) if p.exists()]
+
+
+def read_raw(results_dir) -> Tuple[Dict[str, pd.DataFrame], List[str]]:
+    """Every raw CSV's rows under ``results_dir`` (by file name), and every problem found in them."""
+    tables, problems = {}, []
+    for name in RAW_CSVS:
+        frames = []
+        for path in raw_paths(results_dir, name):
+            frame, found = load_checked(path)
+            problems += found
+            if not frame.empty:
+                frames.append(frame)
+        tables[name] = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+    return tables, problems
+
+
+def raw_rows(results_dir, name: str) -> pd.DataFrame:
+    """``name``'s rows in ``results_dir`` and its run directories (refused if any file is malformed)."""
+    tables, problems = read_raw(results_dir)
+    if problems:
+        raise BoardsRefused(problems)
+    return tables[name]
 
 
 def build_boards(results_dir, include_flagged: bool = False) -> dict:
-    """Rewrite the leaderboards (and the plot) under ``results_dir`` from its raw CSVs and those of
-    the run directories under it. Flagged rows stay in the raw CSVs but out of the boards, unless
-    ``include_flagged``."""
+    """Rebuild the leaderboards, ``LEADERBOARD.md`` and the plot under ``results_dir`` from its raw CSVs
+    and those of the run directories under it, all together or not at all: every raw CSV is checked
+    first (``BoardsRefused`` lists every problem, and nothing is written), then every output is
+    written to a temporary file, and only then are they renamed into place. Flagged rows stay in the
+    raw CSVs but out of the boards, unless ``include_flagged``."""
+    from .leaderboard_md import render as render_markdown
+
     results_dir = Path(results_dir)
-    written = {}
+    tables, problems = read_raw(results_dir)
+    if problems:
+        raise BoardsRefused(problems)
     keep = (lambda df: df) if include_flagged else unflagged
-    speed = keep(raw_rows(results_dir, "throughput.csv"))
-    memory = keep(raw_rows(results_dir, "memory.csv"))
-    accuracy = keep(pd.concat(
-        [raw_rows(results_dir, n) for n in ("accuracy_imagenet.csv", "accuracy_generated.csv")], ignore_index=True
-    ))
-    write_csv_atomic(paper_table(), results_dir / "paper.csv")
-    written["paper"] = results_dir / "paper.csv"
+    tables = {name: keep(df) for name, df in tables.items()}
+    accuracy = pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
+    outputs = {results_dir / "paper.csv": paper_table()}
     acc_board = accuracy_board(accuracy)
     if not acc_board.empty:
-        write_csv_atomic(acc_board, results_dir / "leaderboard_accuracy.csv")
-        written["accuracy"] = results_dir / "leaderboard_accuracy.csv"
-    ops = keep(raw_rows(results_dir, "op_speed.csv"))
-    if not ops.empty:
-        write_csv_atomic(latest(ops), results_dir / "leaderboard_op_speed.csv")
-        written["op_speed"] = results_dir / "leaderboard_op_speed.csv"
-    if not speed.empty:
-        speed_board = latest(speed)
-        if not memory.empty:
-            mem = latest(memory)
-            pivot = mem.pivot_table(index=["model", "device"], columns="mode", values="peak_mem_mb", aggfunc="last")
-            pivot.columns = [f"{c}_peak_mem_mb" for c in pivot.columns]
-            speed_board = speed_board.merge(pivot.reset_index(), on=["model", "device"], how="left")
-        speed_board = rank_within_device(speed_board)
-        write_csv_atomic(speed_board, results_dir / "leaderboard_speed.csv")
-        written["speed"] = results_dir / "leaderboard_speed.csv"
+        outputs[results_dir / "leaderboard_accuracy.csv"] = acc_board
+    if not tables["op_speed.csv"].empty:
+        outputs[results_dir / "leaderboard_op_speed.csv"] = latest(tables["op_speed.csv"])
+    speed_board = pd.DataFrame()
+    if not tables["throughput.csv"].empty:
+        speed_board = speed_board_of(tables["throughput.csv"], tables["memory.csv"])
+        outputs[results_dir / "leaderboard_speed.csv"] = speed_board
+    scaling_board = pd.DataFrame()
+    if not tables["scaling.csv"].empty:
+        from .scaling import scaling_board as fit_scaling, plot_scaling
+
+        scaling_board = fit_scaling(tables["scaling.csv"])
+        outputs[results_dir / "leaderboard_scaling.csv"] = scaling_board
+        outputs[results_dir / "scaling.png"] = lambda tmp: plot_scaling(scaling_board, tmp)
+    if not speed_board.empty or not acc_board.empty or not scaling_board.empty:
+        markdown = render_markdown(speed_board, acc_board, scaling_board)
+        outputs[results_dir / "LEADERBOARD.md"] = lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")
+    stale = []
+    if not speed_board.empty:
         name = plot_name(acc_board)
-        stale = results_dir / ({"throughput_vs_top1.png", "throughput_vs_params.png"} - {name}).pop()
-        if stale.exists():  # the plot changed what it shows: keep one file, named by its axes
-            stale.unlink()
-        written["plot"] = plot(speed_board, acc_board, results_dir / name)
-    return written
+        outputs[results_dir / name] = lambda tmp: plot(speed_board, acc_board, tmp)
+        # the plot changed what it shows: keep one file, named by its axes
+        stale = [results_dir / n for n in ("throughput_vs_top1.png", "throughput_vs_params.png") if n != name]
+    replace_together(outputs)
+    for path in stale:
+        if path.exists():
+            path.unlink()
+    names = {"paper.csv": "paper", "leaderboard_accuracy.csv": "accuracy", "leaderboard_op_speed.csv": "op_speed",
+             "leaderboard_speed.csv": "speed", "leaderboard_scaling.csv": "scaling", "scaling.png": "scaling_plot",
+             "LEADERBOARD.md": "markdown"}
+    return {names.get(path.name, "plot"): path for path in outputs}

@@ -1,15 +1,25 @@
 """The one CSV writer every benchmark suite goes through.
 
-Rows are appended by rewriting the whole file to a temporary name and renaming it over the old
-one, so a crash (or an out-of-memory kill) mid-write never loses rows written before.
+Every change to a CSV (appending rows, flagging a row already written, rebuilding a board) holds an
+exclusive lock on that file across processes (``filelock``; ``.NAME.lock`` beside it while held), reads
+the file as it is now, and replaces it whole: the new table goes to a temporary file in the same
+directory, is flushed, and is renamed over the old one. So:
+
+- concurrent writers (two benchmark runs into one directory, torchrun ranks, two GPUs of a host)
+  take turns and never lose each other's rows;
+- a crash or a kill mid-write leaves the old file as it was; the temporary file a killed writer
+  leaves behind is removed by the next writer of that file;
+- the file keeps its permission bits, and a read-only file is refused, not replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
@@ -21,6 +31,12 @@ LEADING_COLUMNS = [
     "peak_mem_mb", "param_count", "gmacs", "crop_pct", "interpolation",
     "dtype", "channels_last", "compile", "backend", "device", "natten", "torch",
 ]
+# How long a writer waits for another one to finish with a file before it gives up and says so.
+LOCK_TIMEOUT_S = 120.0
+
+
+class CsvWriteError(OSError):
+    """A CSV that cannot be written as asked (read-only, a directory, locked too long); says which."""
 
 
 def read_csv(path) -> pd.DataFrame:
@@ -30,33 +46,121 @@ def read_csv(path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def write_csv_atomic(df: pd.DataFrame, path) -> None:
+@contextlib.contextmanager
+def locked(path):
+    """Hold ``path``'s cross-process write lock (the same lock whichever process, thread or call asks)."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ordered = [c for c in LEADING_COLUMNS if c in df.columns] + [c for c in df.columns if c not in LEADING_COLUMNS]
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the board private to its writer
+    lock = FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df[ordered].to_csv(f, index=False)
-            f.flush()
+        with lock:
+            yield path
+    except Timeout as e:
+        raise CsvWriteError(f"{path}: another process has held its write lock for over {LOCK_TIMEOUT_S:.0f} s "
+                            f"(remove {lock.lock_file} if no writer is running)") from e
+
+
+def _check_target(path: Path) -> None:
+    if path.is_dir():
+        raise CsvWriteError(f"{path} is a directory, not a CSV file")
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            raise CsvWriteError(f"{path} is read-only (mode {mode:o}); refusing to replace it: make it writable "
+                                "(chmod u+w) or write elsewhere")
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Temporary files of this CSV: with the lock held, only a killed writer can have left one."""
+    for tmp in path.parent.glob(f"{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    return df[[c for c in LEADING_COLUMNS if c in df.columns] + [c for c in df.columns if c not in LEADING_COLUMNS]]
+
+
+def _staged(path: Path, write: Callable[[str], None]) -> str:
+    """A temporary file beside ``path``, filled by ``write(tmp_path)``, with the mode ``path`` has (or
+    a new file would get); removed again if writing fails. The caller holds the lock and renames it."""
+    _check_target(path)
+    _remove_leftovers(path)
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # what a plain open() would give; mkstemp's 0600 would make it private
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, mode)
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return tmp
+
+
+def _csv_writer(df: pd.DataFrame) -> Callable[[str], None]:
+    return lambda tmp: _ordered(df).to_csv(tmp, index=False)
+
+
+def _replace(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` over ``path`` through a temporary file (the caller holds the lock)."""
+    os.replace(_staged(path, _csv_writer(df)), path)
+
+
+def replace_together(outputs: Mapping) -> None:
+    """Write several files as one change: ``outputs`` maps each path to a DataFrame (written as CSV)
+    or to ``write(tmp_path)``. Every file is written to its temporary first, under all their locks;
+    only when all are written are they renamed into place, so a failure writes none of them."""
+    outputs = {Path(p): content for p, content in outputs.items()}
+    paths = sorted(outputs)
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            stack.enter_context(locked(path))
+        staged = []
+        try:
+            for path in paths:
+                content = outputs[path]
+                write = _csv_writer(content) if isinstance(content, pd.DataFrame) else content
+                staged.append((_staged(path, write), path))
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise
+        for tmp, path in staged:
+            os.replace(tmp, path)
+
+
+def write_csv_atomic(df: pd.DataFrame, path) -> None:
+    """Replace the CSV at ``path`` with ``df``, all or nothing, under its lock."""
+    with locked(path) as path:
+        _replace(df, path)
+
+
+def update_csv(path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """Read, ``change`` and rewrite the CSV at ``path`` under its lock, so that no other writer's rows
+    land in between (and are lost); returns the table written."""
+    with locked(path) as path:
+        _check_target(path)
+        table = change(read_csv(path))
+        _replace(table, path)
+        return table
 
 
 def append_rows(path, rows: Iterable[Mapping]) -> pd.DataFrame:
     """Append rows (dicts; columns are unioned) to the CSV at ``path``; returns the whole table."""
     new = pd.DataFrame([dict(r) for r in rows])
-    old = read_csv(path)
-    table = new if old.empty else pd.concat([old, new], ignore_index=True, sort=False)
-    write_csv_atomic(table, path)
-    return table
+    return update_csv(path, lambda old: new if old.empty else pd.concat([old, new], ignore_index=True, sort=False))
 
 
 def rows_from_benchmark_json(data) -> list:

@@ -1,0 +1,124 @@
+"""The benchmark suites' options: one table, each with an environment variable twin and a preset default.
+
+``--preset quick`` (the default) measures what matters most in a few minutes on 2 CPU cores;
+``--preset full`` is the whole matrix. An explicit option (or its ``DINAT_BENCH_*`` variable) beats
+the preset. ``benchmarks/conftest.py`` registers them with pytest; the suites read them through
+``BenchOptions``.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+OPTIONS = {
+    # name: (default under --preset quick, help)
+    "preset": ("quick", "quick: the models and shapes that matter most (~4 min on 2 idle CPU cores); full: every "
+                        "model and backend (an explicit option beats the preset)"),
+    "models": ("dinat_mini,nat_mini,dinat_tiny", "comma-separated timm model names ('all' = every registered one)"),
+    "reference-models": ("swin_tiny_patch4_window7_224", "timm models measured in the same run as yardsticks"),
+    "device": ("cpu", "cpu, cuda, cuda:1 …"),
+    "data-dir": ("", "ImageNet validation set (ImageFolder or anything timm.data.create_dataset reads); empty = generated tiny set"),
+    "split": ("validation", "split name for create_dataset"),
+    "batch-size": ("8", "batch size for throughput and memory"),
+    "eval-batch-size": ("32", "batch size for accuracy"),
+    "img-size": ("", "input size override (default: the model's pretrained cfg)"),
+    "dtypes": ("fp32", "comma list of fp32, bf16, fp16 (bf16/fp16 run under autocast; fp16 on GPU only)"),
+    "channels-last": ("0", "comma list of 0/1"),
+    "compile": ("0", "comma list of 0/1: torch.compile the model"),
+    "backends": ("auto", "comma list of attention backends for the models (auto, triton, tiled, natten, natten_legacy, "
+                         "flex; window:NAME runs DiNAT's k×k-sub-grid layers as window attention, the rest on NAME)"),
+    "op-backends": ("triton,tiled,natten_legacy", "backends timed by the operator suite, where they can run on the device "
+                                                  "(full: also window, gather, natten, flex)"),
+    "op-dtypes": ("fp32", "comma list of fp32, bf16, fp16: q/k/v dtype of the operator suite (the rpb stays fp32, as under autocast)"),
+    "op-batch-size": ("8", "batch size of the operator suite"),
+    "scaling-models": ("dinat_tiny,nat_tiny,swin_tiny_patch4_window7_224,convnext_tiny,vit_small_patch16_224",
+                       "backbones of the scaling suite (features_only), DiNAT/NAT against window, conv and global attention"),
+    "scaling-sizes": ("", "comma list of square input sizes of the scaling suite; empty = 224,320,448 on CPU, "
+                          "224,384,512,768,1024 on a GPU"),
+    "scaling-batch-size": ("", "batch size of the scaling suite; empty = 1 on CPU, 8 on a GPU"),
+    "rounds": ("5", "timed rounds per benchmark"),
+    "warmup": ("2", "untimed warm-up rounds per benchmark"),
+    "max-samples": ("0", "stop accuracy after this many images (0 = all)"),
+    "skip-unreadable": ("0", "1: skip images that cannot be decoded (counted and named in the row, which is flagged); "
+                             "0: an unreadable image fails the accuracy row"),
+    "results-dir": ("", "where this run's CSVs and boards go; empty = results/runs/<host>-<date>"),
+    "tf32": ("", "1/0: TF32 for matmuls and cuDNN convolutions (moves fp32 results ~1e-3 on GPUs); "
+                 "empty = 0 for accuracy (reproducible), PyTorch's own default for speed and memory"),
+    "pretrained": ("auto", "1 = load published weights (needs them cached), 0 = random init, auto = 1 only with --data-dir"),
+}
+
+PRESETS = {
+    "quick": {},
+    "full": {
+        "models": "all",
+        "reference-models": "swin_tiny_patch4_window7_224,vit_small_patch16_224,convnext_tiny",
+        "op-backends": "triton,window,tiled,gather,natten,natten_legacy,flex",
+    },
+}
+
+
+class OptionError(ValueError):
+    """An option value the suites cannot use; the message names the option."""
+
+
+def env_name(name: str) -> str:
+    return "DINAT_BENCH_" + name.upper().replace("-", "_")
+
+
+class BenchOptions:
+    """The options of one pytest session: command line, else environment variable, else preset, else default."""
+
+    def __init__(self, config):
+        self.config = config
+        self.run_results_dir = ""  # set by the session: where rows go when --results-dir is empty
+
+    def get(self, name: str) -> str:
+        value = self.config.getoption(name.replace("-", "_"))
+        if value is None:
+            value = os.environ.get(env_name(name))
+        if value is None and name != "preset":
+            preset = self.get("preset")
+            if preset not in PRESETS:
+                raise OptionError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+            value = PRESETS[preset].get(name)
+        if value is None:
+            value = OPTIONS[name][0]
+        if name == "models" and value == "all":
+            value = ",".join(all_dinat_models())
+        if name == "results-dir" and not value:
+            value = self.run_results_dir
+        return str(value)
+
+    def list(self, name: str) -> List[str]:
+        return [x.strip() for x in self.get(name).split(",") if x.strip()]
+
+    def ints(self, name: str, minimum: int = 0) -> List[int]:
+        values = []
+        for word in self.list(name):
+            try:
+                value = int(word)
+            except ValueError:
+                raise OptionError(f"--{name}: {word!r} is not a whole number") from None
+            if value < minimum:
+                raise OptionError(f"--{name}: {value} is below {minimum}")
+            values.append(value)
+        return values
+
+    def int(self, name: str, minimum: int = 0) -> int:
+        values = self.ints(name, minimum)
+        if len(values) != 1:
+            raise OptionError(f"--{name} takes one whole number, got {self.get(name)!r}")
+        return values[0]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.get("device").startswith("cuda")
+
+
+def all_dinat_models() -> List[str]:
+    import timm
+
+    import dinat_timm  # noqa: F401  (registers the models)
+    from .steps import is_dinat_model
+
+    return sorted(n for n in timm.list_models() if is_dinat_model(n))

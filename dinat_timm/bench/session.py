@@ -1,0 +1,312 @@
+"""One benchmark run's state and its recorder: what was measured, how it is written, what is said.
+
+``BenchSession`` is the one state object of a ``pytest benchmarks`` run (``benchmarks/conftest.py``
+creates it and only wires pytest's hooks to it). Every row goes through ``record``: the machine's
+columns are added, the noise guard's reading and any flag attached, the row appended to its CSV
+the moment it is measured (``dinat_timm.results.writer``), and a progress line queued. At the end the
+run's boards are built and a summary printed: where the rows are, which rows were flagged (the
+flags as the CSVs hold them), and why any group of benchmarks did not run.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import guard
+from .options import BenchOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "results"  # rows of earlier runs, for the reference-model check
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+@dataclass
+class Measurement:
+    """A timed benchmark: its median round (seconds) and the noise guard's reading of it."""
+
+    seconds: float
+    outside_load: Optional[float]
+    steal: Optional[float]
+    spread: Optional[float]
+    flag: str
+
+    def columns(self) -> dict:
+        return dict(outside_load=self.outside_load, steal=self.steal, spread=self.spread)
+
+
+def measure(benchmark, fn: Callable[[], None], device: str, rounds: int, warmup: int,
+            between: Optional[Callable[[], None]] = None) -> Measurement:
+    """pytest-benchmark's pedantic mode with a device sync inside the timed call, under the noise guard.
+
+    ``between`` (untimed by pytest-benchmark) runs before every round, warm-up included: a
+    yardstick timed there alternates with ``fn`` round by round, so a ratio of the two is
+    immune to the machine's drift during the test.
+    """
+
+    def timed():
+        fn()
+        sync(device)
+
+    def setup():
+        if between is not None:
+            sync(device)
+            between()
+            sync(device)
+
+    with guard.LoadMeter() as meter:
+        benchmark.pedantic(timed, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    reading, spread = meter.reading, guard.spread(benchmark.stats.stats.data)
+
+    def rounded(x):
+        return None if x is None else round(x, 3)
+
+    return Measurement(benchmark.stats.stats.median, rounded(reading.outside_load), rounded(reading.steal),
+                       rounded(spread), guard.noise_flag(reading, spread))
+
+
+def join_flags(*flags: str) -> str:
+    return "; ".join(dict.fromkeys(f for f in flags if f))
+
+
+_SAME_CONFIG = ("model", "dtype", "channels_last", "compile", "backend", "pretrained")
+
+
+@dataclass
+class BenchSession:
+    options: BenchOptions
+    run_id: str
+    started: float = field(default_factory=time.perf_counter)
+    rows_written: int = 0
+    written_to: Dict[Path, int] = field(default_factory=dict)  # CSV -> rows this run wrote there
+    to_run: List[Tuple] = field(default_factory=list)  # the timing group of each collected test, in order
+    done: int = 0
+    seconds_by_group: Dict[Tuple, List[float]] = field(default_factory=lambda: defaultdict(list))
+    pending: List[str] = field(default_factory=list)  # progress lines, printed when the test ends
+    throughput_seen: Dict[Tuple, Dict[str, float]] = field(default_factory=dict)
+    left_out: Dict[Tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (what, why) -> count
+    boards: dict = field(default_factory=dict)
+    boards_problem: str = ""
+
+    @property
+    def device(self) -> str:
+        return self.options.get("device")
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.options.get("results-dir"))
+
+    # -- writing rows ----------------------------------------------------------------------------------
+
+    def _complete(self, columns: dict) -> dict:
+        """A row's own columns, then the machine's, the run and the time."""
+        from ..results.environment import environment
+
+        row = {**columns, **environment(self.device), "run_id": self.run_id}
+        row.setdefault("status", "ok")
+        row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        return row
+
+    def _append(self, csv_name: str, row: dict) -> None:
+        from ..results.writer import append_rows
+
+        path = self.results_dir / csv_name
+        append_rows(path, [row])
+        self.rows_written += 1
+        self.written_to[path] = self.written_to.get(path, 0) + 1
+
+    def record(self, csv_name: str, columns: dict, measured: Optional[Measurement] = None, flag: str = "") -> dict:
+        """Append a measured row to ``csv_name`` in this run's directory, with the guard's reading and
+        every flag (noise, impossible, suspect, the caller's), and queue its progress line."""
+        row = self._complete(columns)
+        flags = [flag]
+        if measured is not None:
+            row.update(measured.columns())
+            flags.insert(0, measured.flag)
+        if row.get("suite") == "throughput":
+            flags += self._throughput_flags(self.results_dir / csv_name, row)
+        row["flag"] = join_flags(*flags)
+        self._append(csv_name, row)
+        self.progress(row)
+        return row
+
+    def record_failure(self, csv_name: str, columns: dict, error: str, out_of_memory: bool) -> None:
+        self._append(csv_name, self._complete({**columns, "status": "oom" if out_of_memory else "failed",
+                                               "error": error[:500]}))
+
+    def _throughput_flags(self, path: Path, row: dict) -> List[str]:
+        """A training step faster than inference of the same configuration (both rows get the flag), and
+        a reference model far from its committed rows on this device and settings."""
+        from ..results.writer import update_csv
+        from .steps import is_dinat_model
+
+        mode = "infer" if row.get("infer_samples_per_sec") is not None else "train"
+        other = "train" if mode == "infer" else "infer"
+        sps = row[f"{mode}_samples_per_sec"]
+        key = tuple(row.get(k) for k in _SAME_CONFIG) + (row.get(f"{mode}_batch_size"), row.get(f"{mode}_img_size"))
+        seen = self.throughput_seen.setdefault(key, {})
+        seen[mode] = sps
+        flags = []
+        if other in seen:
+            impossible = guard.impossible_flag(mode, sps, seen[other])
+            if impossible:
+                flags.append(impossible)
+                column = f"{other}_samples_per_sec"
+
+                def add_flag(table):  # the earlier row keeps its own flags and gains this one
+                    if table.empty or column not in table:
+                        return table
+                    match = table[column].notna() & (table["run_id"] == self.run_id if "run_id" in table else True)
+                    for k in _SAME_CONFIG + (f"{other}_batch_size", f"{other}_img_size"):
+                        value = row.get(k.replace(other, mode)) if k.startswith(other) else row.get(k)
+                        if k in table and value is not None:
+                            match &= table[k] == value
+                    if "flag" not in table:
+                        table["flag"] = ""
+                    table["flag"] = table["flag"].astype(object)
+                    earlier = table.loc[match, "flag"].fillna("").astype(str)
+                    table.loc[match, "flag"] = [join_flags(f, impossible) for f in earlier]
+                    return table
+
+                update_csv(path, add_flag)
+        if not is_dinat_model(row["model"]):
+            flags.append(guard.reference_flag(sps, self._committed_speeds(row, mode)))
+        return flags
+
+    def _committed_speeds(self, row: dict, mode: str) -> list:
+        """This configuration's images/s in the committed rows (not this run's), same device, unflagged."""
+        from ..results.boards import unflagged
+        from ..results.writer import read_csv
+
+        table = read_csv(COMMITTED / "throughput.csv")
+        column = f"{mode}_samples_per_sec"
+        if table.empty or column not in table:
+            return []
+        table = unflagged(table)
+        match = table[column].notna() & (table["device"] == row["device"]) & (table["status"].fillna("ok") == "ok")
+        for key in ("model", "dtype", "channels_last", "compile", f"{mode}_batch_size", f"{mode}_img_size"):
+            if key in table and row.get(key) is not None:
+                match &= table[key] == row[key]
+        return table.loc[match, column].tolist()
+
+    # -- progress -----------------------------------------------------------------------------------------
+
+    def test_done(self, group: Tuple, seconds: float, ran: bool) -> None:
+        self.done += 1
+        if ran:
+            self.seconds_by_group[group].append(seconds)
+
+    def estimate_left(self) -> str:
+        """Time left, from what tests of the same suite, model and mode took so far; the tests ahead
+        whose suite has not run a test yet are counted, not guessed."""
+        ahead = self.to_run[self.done + 1:]
+        by_suite = defaultdict(list)
+        for group, times in self.seconds_by_group.items():
+            by_suite[group[0]] += times
+        seconds, unknown = 0.0, defaultdict(int)
+        for group in ahead:
+            times = self.seconds_by_group.get(group) or by_suite.get(group[0])
+            if times:
+                seconds += statistics.median(times)
+            else:
+                unknown[group[0]] += 1
+        text = f"~{clock(seconds)} left"
+        if unknown:
+            text += " + " + ", ".join(f"{n} {suite} not yet timed" for suite, n in unknown.items())
+        return text
+
+    def progress(self, row: dict) -> None:
+        """Queue one readable line per measured row: what, the figure, elapsed, an estimate of what is left."""
+        done = self.done + 1
+        elapsed = time.perf_counter() - self.started
+        what = " ".join(str(row[k]) for k in ("suite", "model", "backend", "mode", "dtype") if row.get(k) not in (None, ""))
+        if "map_size" in row:
+            what += f" {row['map_size']}² d{row['dilation']}"
+        if row.get("suite") == "scaling":
+            what += f" {row['img_size']}px"
+        flag = f"  [flagged: {row['flag']}]" if row.get("flag") else ""
+        self.pending.append(f"[{done}/{len(self.to_run)}] {what}: {figure(row)}{flag}  "
+                            f"({clock(elapsed)} elapsed, {self.estimate_left()})")
+
+    def take_progress(self) -> List[str]:
+        lines, self.pending = self.pending, []
+        return lines
+
+    # -- end of run ----------------------------------------------------------------------------------------
+
+    def flagged_rows(self) -> List[str]:
+        """Every flagged row this run wrote, with its flag as the CSV holds it now (flags added later,
+        such as 'impossible' on an earlier row, included)."""
+        from ..results.compare import label_of
+        from ..results.writer import read_csv
+
+        lines = []
+        for path in self.written_to:
+            table = read_csv(path)
+            if table.empty or "flag" not in table:
+                continue
+            mine = table[table["run_id"] == self.run_id] if "run_id" in table else table
+            for row in mine.to_dict("records"):
+                flag = row.get("flag")
+                if isinstance(flag, str) and flag.strip():
+                    lines.append(f"{path.name}: {label_of(row)}: {flag}")
+        return lines
+
+    def build_boards(self) -> None:
+        from ..results.boards import BoardsRefused, build_boards
+
+        if not self.rows_written:
+            return
+        try:
+            self.boards = build_boards(self.results_dir)
+        except BoardsRefused as e:
+            self.boards_problem = "; ".join(e.problems)
+
+    def summary(self) -> List[Tuple[str, str]]:
+        """(line, colour) pairs for the end of the run."""
+        lines = []
+        for (what, why), count in sorted(self.left_out.items()):
+            lines.append((f"{count} × {what} did not run: {why}", ""))
+        if self.rows_written:
+            lines.append((f"rows of this run: {self.results_dir}/ ({self.rows_written} rows; boards: "
+                          f"{', '.join(sorted(p.name for p in self.boards.values())) or 'none'})", ""))
+            if self.boards_problem:
+                lines.append((f"boards not rebuilt: {self.boards_problem}", "red"))
+        flagged = self.flagged_rows() if self.rows_written else []
+        if flagged:
+            lines.append((f"WARNING: {len(flagged)} row(s) flagged, left out of the boards:", "yellow"))
+            lines += [("  " + line, "yellow") for line in flagged]
+            lines.append(("  A busy or noisy machine makes DiNAT rows read several times too slow: re-run on an idle "
+                          f"one (thresholds: outside load {guard.OUTSIDE_LOAD_LIMIT}, spread {guard.SPREAD_LIMIT}).",
+                          "yellow"))
+        return lines
+
+
+def figure(row: dict) -> str:
+    """The measured figure of a row, as the progress line shows it."""
+    if row.get("suite") == "accuracy" and row.get("top1") is not None:
+        return f"top-1 {row['top1']:.2f}% ({row.get('what', 'accuracy')})"
+    for column, fmt in (("infer_samples_per_sec", "{:.4g} img/s"), ("train_samples_per_sec", "{:.4g} img/s (train)"),
+                        ("samples_per_sec", "{:.4g} img/s"), ("peak_mem_mb", "{:.1f} MB")):
+        if row.get(column) is not None:
+            text = fmt.format(row[column])
+            if column == "samples_per_sec" and row.get("peak_mem_mb") is not None:
+                text += f", {row['peak_mem_mb']:.0f} MB"
+            return text
+    if row.get("median_ms") is not None:
+        return f"{row['median_ms']:.3g} ms ({row.get('ratio_vs_windowed', float('nan')):.2f}x window attention)"
+    return "done"
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

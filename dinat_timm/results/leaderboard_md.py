@@ -1,0 +1,141 @@
+"""``LEADERBOARD.md``: the boards as a person reads them.
+
+One table per device × dtype × eager/compiled, each model on one line with its inference and
+training speed beside Swin-T's measured in the same run; top-1 only where the published weights met
+a real data set; the scaling suite's growth exponents. Written by ``boards`` from the same tables as
+the CSV boards, so the two never disagree.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import pandas as pd
+
+from .boards import ACCURACY_KINDS, REFERENCE, accuracy_kind
+
+_HEADER = """# dinat-timm leaderboard
+
+Built by `python -m dinat_timm.results boards` from the raw CSVs beside it (rows flagged noisy, impossible or
+suspect are left out); do not edit by hand. Speeds are images/s; **×Swin-T** is that speed over the speed of
+Swin-T (`{reference}`) measured in the same run, on the same device, dtype, batch and image size
+(above 1: faster than Swin-T). Peak memory is what one step needs beyond the weights (and, for training, the
+optimizer state).
+"""
+
+
+def _cell(value, fmt: str = "{:.4g}") -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "–"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _group_title(device, dtype, compiled) -> str:
+    return f"{device} · {dtype} · {'compiled' if compiled in (1, '1', True) else 'eager'}"
+
+
+def _by_model(group: pd.DataFrame) -> pd.DataFrame:
+    """One line per model and backend: the inference row's figures beside the training row's."""
+    keys = [c for c in ("model", "backend", "channels_last", "pretrained") if c in group]
+    lines = []
+    for _, rows in group.groupby(keys, dropna=False, sort=False):
+        line = rows.iloc[-1].to_dict()
+        for mode in ("infer", "train"):
+            have = rows[rows[f"{mode}_samples_per_sec"].notna()] if f"{mode}_samples_per_sec" in rows else rows.iloc[0:0]
+            for column in (f"{mode}_samples_per_sec", f"{mode}_vs_reference", f"{mode}_batch_size"):
+                line[column] = have.iloc[-1][column] if len(have) and column in have else None
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def speed_section(board: pd.DataFrame) -> str:
+    if board.empty:
+        return "## Speed\n\nNo throughput rows yet: `pytest benchmarks --benchmark-only` measures them.\n"
+    board = board[board["status"].fillna("ok") == "ok"] if "status" in board else board
+    parts = ["## Speed"]
+    group_keys = [c for c in ("device", "dtype", "compile") if c in board]
+    for key, group in board.groupby(group_keys, dropna=False, sort=True):
+        device, dtype, compiled = (list(key) + [None] * 3)[:3]
+        lines = _by_model(group)
+        lines["__ref_first"] = lines["model"] != REFERENCE
+        lines = lines.sort_values(["__ref_first", "infer_samples_per_sec"], ascending=[True, False], na_position="last")
+        rows = []
+        for line in lines.to_dict("records"):
+            memory = []
+            for mode in ("infer", "train"):
+                mb = line.get(f"{mode}_peak_mem_mb")
+                if mb is not None and pd.notna(mb):
+                    batch = line.get(f"{mode}_peak_mem_batch")
+                    memory.append(f"{mode} {mb:.0f}" + (f" (b{batch:g})" if batch is not None and pd.notna(batch) else ""))
+            batch = line.get("infer_batch_size") if pd.notna(line.get("infer_batch_size")) else line.get("train_batch_size")
+            rows.append([
+                f"**{line['model']}**" if line["model"] == REFERENCE else line["model"],
+                _cell(line.get("backend"), "{}"), _cell(line.get("param_count"), "{:.1f}"), _cell(line.get("gmacs"), "{:.2f}"),
+                _cell(batch, "{:g}"),
+                _cell(line.get("infer_samples_per_sec")), _cell(line.get("infer_vs_reference"), "×{:.2f}"),
+                _cell(line.get("train_samples_per_sec")), _cell(line.get("train_vs_reference"), "×{:.2f}"),
+                ", ".join(memory) or "–",
+            ])
+        header = ["model", "attention", "params (M)", "GMACs", "batch", "inference img/s", "×Swin-T",
+                  "training img/s", "×Swin-T", "peak memory MB"]
+        commits = sorted({str(c) for c in group.get("git_commit", pd.Series(dtype=str)).dropna() if str(c)})
+        software = sorted({f"torch {t}" for t in group.get("torch", pd.Series(dtype=str)).dropna()})
+        note = ", ".join(software + ([f"commits {', '.join(commits)}"] if commits else []))
+        parts.append(f"### {_group_title(device, dtype, compiled)}\n\n{_table(header, rows)}\n\n{note}")
+    return "\n\n".join(parts) + "\n"
+
+
+def accuracy_section(board: pd.DataFrame) -> str:
+    parts = ["## ImageNet top-1"]
+    if board.empty:
+        return parts[0] + "\n\nNo accuracy rows yet.\n"
+    kind = accuracy_kind(board)
+    real = board[kind == "imagenet"]
+    if real.empty:
+        parts.append("No measurement of the published weights on ImageNet yet: run `pytest benchmarks/test_accuracy.py "
+                     "--benchmark-only --data-dir /path/to/imagenet --pretrained 1` where the weights are cached.")
+    else:
+        rows = [[r["model"], _cell(r.get("top1"), "{:.2f}"), _cell(r.get("paper_top1"), "{:.1f}"),
+                 _cell(r.get("top1_delta_vs_paper"), "{:+.2f}"), _cell(r.get("samples"), "{:g}"), _cell(r.get("device"), "{}")]
+                for r in real.to_dict("records")]
+        parts.append(_table(["model", "top-1", "paper", "Δ", "images", "device"], rows))
+    others = board[kind != "imagenet"]
+    if not others.empty:
+        counts = accuracy_kind(others).map(ACCURACY_KINDS).value_counts()
+        parts.append("Not accuracy, and never read against the paper: "
+                     + "; ".join(f"{n} row(s): {what}" for what, n in counts.items())
+                     + " (`leaderboard_accuracy.csv`).")
+    return "\n\n".join(parts) + "\n"
+
+
+def scaling_section(board: pd.DataFrame) -> str:
+    if board.empty:
+        return ""
+    keys = [c for c in ("device", "dtype", "mode") if c in board]
+    parts = ["## Cost as the image grows (backbone)",
+             "Time and peak memory against the number of tokens; the exponent is the slope of a log-log fit "
+             "(1: linear, 2: quadratic). `scaling.png` draws them."]
+    for key, group in board.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        title = " · ".join(str(k) for k in key)
+        fits = group.drop_duplicates("model", keep="last")
+        rows = [[r["model"], _cell(r.get("dilations"), "{}"), _cell(r.get("sizes"), "{}"),
+                 _cell(r.get("time_exponent"), "{:.2f}"), _cell(r.get("memory_exponent"), "{:.2f}")]
+                for r in fits.to_dict("records")]
+        parts.append(f"### {title}\n\n" + _table(["model", "dilations", "sizes (px)", "time exponent",
+                                                 "memory exponent"], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def render(speed_board: pd.DataFrame, accuracy_board: pd.DataFrame, scaling_board: pd.DataFrame) -> str:
+    sections = [_HEADER.format(reference=REFERENCE), speed_section(speed_board), accuracy_section(accuracy_board)]
+    sections.append(scaling_section(scaling_board))
+    return "\n".join(s for s in sections if s)

@@ -1,0 +1,144 @@
+"""Checking a results CSV before anything is judged, merged or ranked from it.
+
+A verdict or a board built on a malformed file would be wrong without a word: a truncated last line
+reads as a row with empty cells, a text cell in a speed column turns the column into strings,
+``inf`` images/s beats every baseline. So each file is read as raw CSV first and every problem is
+collected (not just the first), for the command line to report in one go and refuse (exit 2).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import List, Tuple
+
+import pandas as pd
+
+SUITES = {
+    # suite: columns of which an ``ok`` row needs at least one
+    "throughput": ("infer_samples_per_sec", "train_samples_per_sec"),
+    "memory": ("peak_mem_mb",),
+    "accuracy": ("top1",),
+    "op": ("median_ms",),
+    "scaling": ("samples_per_sec",),
+}
+STATUSES = {"ok", "failed", "oom"}
+# Columns whose non-empty cells must be finite numbers.
+NUMERIC_COLUMNS = {
+    "infer_img_size", "infer_batch_size", "infer_samples_per_sec", "infer_step_time",
+    "train_img_size", "train_batch_size", "train_samples_per_sec", "train_step_time",
+    "param_count", "gmacs", "peak_mem_mb", "img_size", "batch", "samples", "skipped",
+    "top1", "top1_err", "top5", "top5_err", "crop_pct",
+    "median_ms", "windowed_ms", "ratio_vs_windowed", "stage", "map_size", "heads", "head_dim", "kernel_size", "dilation",
+    "tokens", "samples_per_sec", "step_time", "batch_size",
+    "channels_last", "compile", "pretrained", "rpb", "outside_load", "steal", "spread",
+}
+_SHOWN = 5  # bad cells named per column before "and N more"
+
+
+def _first(items, describe) -> str:
+    shown = ", ".join(describe(i) for i in items[:_SHOWN])
+    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def _parse(text: str, label: str) -> Tuple[List[str], List[Tuple[int, List[str]]], List[str]]:
+    """(header, [(line number, fields)], problems) of CSV text."""
+    problems = []
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        return [], [], [f"{label} is not a readable CSV: {e}"]
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        return [], [], [f"{label} has no header line"]
+    header, body = rows[0], []
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        problems.append(f"{label} names columns twice: {', '.join(duplicated)}")
+    short = []
+    for number, fields in enumerate(rows[1:], start=2):
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            short.append((number, len(fields)))
+            continue
+        body.append((number, fields))
+    if short:
+        problems.append(f"{label}: line(s) {_first(short, lambda s: f'{s[0]} ({s[1]} fields)')} do not have the "
+                        f"header's {len(header)} fields: truncated or hand-edited rows")
+    if text and not text.endswith(("\n", "\r")):
+        problems.append(f"{label} does not end with a line break: its last line may be cut off (an interrupted copy?)")
+    return header, body, problems
+
+
+def check_table(header, body, label: str) -> List[str]:
+    """What is wrong with the rows themselves: suite, status, numbers, the metric an ok row needs."""
+    problems = []
+    column = {name: i for i, name in enumerate(header)}
+    if "suite" not in column:
+        return [f"{label} has no 'suite' column: not a dinat_timm results CSV (columns: {', '.join(header[:8])}…)"]
+    suites = sorted({fields[column["suite"]] for _, fields in body})
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        problems.append(f"{label}: unknown suite(s) {unknown}; expected one of {sorted(SUITES)}")
+    if "status" in column:
+        odd = [(n, f[column["status"]]) for n, f in body if f[column["status"]] not in STATUSES | {""}]
+        if odd:
+            problems.append(f"{label}: status must be one of {sorted(STATUSES)}: "
+                            + _first(odd, lambda o: f"line {o[0]} says {o[1]!r}"))
+    for name in sorted(NUMERIC_COLUMNS & set(column)):
+        bad = []
+        for number, fields in body:
+            cell = fields[column[name]].strip()
+            if not cell:
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                bad.append((number, cell))
+                continue
+            if not math.isfinite(value):
+                bad.append((number, cell))
+        if bad:
+            problems.append(f"{label}: column {name!r} needs finite numbers: "
+                            + _first(bad, lambda b: f"line {b[0]} has {b[1]!r}"))
+    for suite in set(suites) & set(SUITES):
+        needed = [c for c in SUITES[suite] if c in column]
+        missing = []
+        for number, fields in body:
+            ok = "status" not in column or fields[column["status"]] in ("ok", "")
+            if fields[column["suite"]] == suite and ok and not any(fields[column[c]].strip() for c in needed):
+                missing.append(number)
+        if missing:
+            problems.append(f"{label}: {suite} row(s) with status ok but no {' or '.join(SUITES[suite])}: "
+                            + _first(missing, lambda n: f"line {n}"))
+    return problems
+
+
+def load_checked(path, label: str = "") -> Tuple[pd.DataFrame, List[str]]:
+    """The table at ``path`` and every problem found in it (empty when it is sound). An empty or
+    header-only file is not a problem here: whether that is acceptable is the caller's call."""
+    path = Path(path)
+    label = f"{label} {path}".strip() if label else str(path)
+    if not path.exists():
+        return pd.DataFrame(), [f"{label}: no such file"]
+    if path.is_dir():
+        return pd.DataFrame(), [f"{label} is a directory, not a CSV file"]
+    data = path.read_bytes()
+    if not data.strip():
+        return pd.DataFrame(), []
+    if b"\0" in data:
+        return pd.DataFrame(), [f"{label} is not a CSV: it holds binary data"]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return pd.DataFrame(), [f"{label} is not a CSV: not UTF-8 text ({e.reason} at byte {e.start})"]
+    header, body, problems = _parse(text, label)
+    if header and not problems:
+        problems += check_table(header, body, label)
+    if problems:
+        return pd.DataFrame(), problems
+    if not body:
+        return pd.DataFrame(columns=header), []
+    table = pd.read_csv(io.StringIO(text), keep_default_na=True)
+    return table, []
