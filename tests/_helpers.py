@@ -32,3 +32,21 @@ def serialized(state_dict) -> bytes:
     buf = io.BytesIO()
     torch.save(state_dict, buf)
     return buf.getvalue()
+
+
+def results_cli(*args):
+    """``python -m dinat_timm.results ARGS`` in this process (what a subprocess would print, and its
+    exit status), for the tests of what the command says; one test per entry point runs it for real."""
+    import contextlib
+    import io
+    import types
+
+    from dinat_timm.results.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -1,3 +1,11 @@
+"""Test-wide settings, and the split between the fast loop and the full run.
+
+``python -m pytest tests`` is the loop a contributor runs after every change: every family, backend
+and entry point, each at its cheapest. ``--full`` (or ``DINAT_TIMM_FULL_TESTS=1``, which CI sets)
+adds what is slow and broad: the export sweep over every registered architecture, every ONNX
+family, inductor (instead of ``aot_eager``) behind the ``torch.compile`` tests, and the suite run
+beside a CPU hog. Tests of the full run carry ``@pytest.mark.full``.
+"""
 import os
 
 # Tests never touch the network: every "pretrained" load goes through a local cache.
@@ -12,6 +20,72 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest_plugins = ["pytester"]
+
+FULL_ENV = "DINAT_TIMM_FULL_TESTS"
+# pytest-xdist workers share the cores: one torch thread each beats oversubscribing them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help=f"also run the slow, broad tests (marked 'full'; what CI runs) [env {FULL_ENV}=1]")
+
+
+def full_run(config) -> bool:
+    return config.getoption("--full") or os.environ.get(FULL_ENV, "") not in ("", "0")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: slow and broad; runs with --full (CI) only")
+
+
+def pytest_collection_modifyitems(config, items):
+    if full_run(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("full")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("full")]
+        config._full_only = len(slow)
+
+
+def pytest_report_header(config):
+    if not full_run(config):
+        return [f"fast loop: tests marked 'full' are left out (--full or {FULL_ENV}=1 runs them, as CI does)"]
+    return ["full run: every test, the slow and broad ones included"]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = getattr(config, "_full_only", 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow, broad tests left out of this fast run; "
+                                    f"--full (or {FULL_ENV}=1) runs them, as CI does")
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; without it, nothing to size
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker per core up to four (each loads torch; more buys little here)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plain_pytest_for_nested_sessions():
+    """Under pytest-xdist, a worker's environment says so (``PYTEST_XDIST_WORKER``…), and pytest-benchmark
+    then disables itself in every pytest run a test starts, in this process or in a child. Those nested
+    runs are plain sessions: they do not see it."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PYTEST_XDIST_")}
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def compile_backend(request):
+    """``torch.compile``'s backend for the tests that check one graph and eager numerics: inductor in
+    the full run; ``aot_eager`` in the fast loop (the same dynamo tracing, so the same graph breaks,
+    and AOTAutograd's forward and backward graphs, without inductor's C++ code generation)."""
+    return "inductor" if full_run(request.config) else "aot_eager"
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import pytest
 from dinat_timm.bench import guard
 from dinat_timm.results import read_csv
 
+from _helpers import results_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 HOG = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
@@ -22,6 +24,7 @@ def _suite(results, *extra, timeout=400):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.full  # ~40 s of a busy machine
 def test_rows_measured_beside_a_cpu_hog_are_flagged_kept_off_the_boards_and_refused(tmp_path):
     hogs = [subprocess.Popen([sys.executable, "-c", HOG.format(seconds=90)]) for _ in range(2)]  # both cores, 90 s at most
     try:
@@ -37,8 +40,7 @@ def test_rows_measured_beside_a_cpu_hog_are_flagged_kept_off_the_boards_and_refu
     assert "WARNING: 1 row(s) flagged" in run.stdout and "[1/" in run.stdout
     board = read_csv(tmp_path / "leaderboard_speed.csv")
     assert board.empty or "nat_mini" not in set(board.get("model", []))
-    compare = subprocess.run([sys.executable, "-m", "dinat_timm.results", "compare", tmp_path / "throughput.csv",
-                              tmp_path / "throughput.csv"], cwd=ROOT, capture_output=True, text=True)
+    compare = results_cli("compare", tmp_path / "throughput.csv", tmp_path / "throughput.csv")
     assert compare.returncode == 2 and "flagged" in compare.stderr
 
 

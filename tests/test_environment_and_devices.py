@@ -16,6 +16,8 @@ from dinat_timm.results.boards import build_boards
 from dinat_timm.results.compare import DeviceMismatch, compare
 from dinat_timm.results.environment import environment, set_tf32
 
+from _helpers import results_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,8 +92,7 @@ def test_compare_refuses_rows_of_different_devices(tmp_path):
     assert compare(cpu, gpu, allow_device_mismatch=True).regressions == 0  # told to: GPU rows read as faster
     append_rows(tmp_path / "cpu.csv", _speed_rows("cpu (x)", 10, 12))
     append_rows(tmp_path / "gpu.csv", _speed_rows("NVIDIA H200", 4000, 5000))
-    cli = subprocess.run([sys.executable, "-m", "dinat_timm.results", "compare", tmp_path / "cpu.csv", tmp_path / "gpu.csv"],
-                         cwd=ROOT, capture_output=True, text=True)
+    cli = results_cli("compare", tmp_path / "cpu.csv", tmp_path / "gpu.csv")
     assert cli.returncode == 2 and "not comparable" in cli.stderr
 
 

@@ -19,6 +19,8 @@ from dinat_timm.results import append_rows, read_csv, rows_from_benchmark_json
 from dinat_timm.results.boards import build_boards
 from dinat_timm.results.compare import compare
 
+from _helpers import results_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BENCH_FILE = """
@@ -33,9 +35,7 @@ def test_speed(benchmark, model, speed):
 """
 
 
-def run_results_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dinat_timm.results", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+run_results_cli = results_cli
 
 
 @pytest.fixture
@@ -45,7 +45,8 @@ def bench_json(pytester):
     def make(scale: float, name: str) -> Path:
         pytester.makepyfile(**{f"test_{name}": BENCH_FILE.replace("SCALE", str(scale))})
         out = pytester.path / f"{name}.json"
-        result = pytester.runpytest_subprocess(f"test_{name}.py", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider")
+        result = pytester.runpytest(f"test_{name}.py", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider",
+                                   "-p", "no:xdist")  # in this process, which may be an xdist worker
         result.assert_outcomes(passed=2)
         return out
 
@@ -73,7 +74,7 @@ def test_cli_write_merge_compare(bench_json, tmp_path):
     ok = run_results_cli("compare", base_csv, same_csv, "--max-slowdown", "10%")
     assert ok.returncode == 0 and "verdict: PASS" in ok.stdout
     bad = run_results_cli("compare", base_csv, slow_csv, "--max-slowdown", "10%")
-    assert bad.returncode == 1 and "verdict: FAIL" in bad.stdout and "-50.0%" in bad.stdout
+    assert bad.returncode == 1 and "verdict: FAIL" in bad.stdout and "×0.50 slower" in bad.stdout
 
     merged = tmp_path / "merged.csv"
     assert run_results_cli("merge", base_csv, slow_csv, "-o", merged).returncode == 0
@@ -93,14 +94,16 @@ def test_compare_relative_to_a_reference_in_the_same_run():
     assert compare(run(10, 20), run(5, 10), 0.1, relative_to="swin_tiny_patch4_window7_224").passed
     assert not compare(run(10, 20), run(5, 10), 0.1).passed
     slower = compare(run(10, 20), run(7, 20), 0.1, relative_to="swin_tiny_patch4_window7_224")
-    assert not slower.passed and "-30.0%" in slower.table["change"].tolist()
+    assert not slower.passed and "×0.70 slower" in slower.table["change"].tolist()
 
 
 def test_compare_flags_top1_drop_failures_and_missing_rows():
     base = pd.DataFrame([dict(suite="accuracy", model="a", top1=80.0), dict(suite="accuracy", model="b", top1=70.0)])
     new = pd.DataFrame([dict(suite="accuracy", model="a", top1=79.8, status="ok")])
     verdict = compare(base, new, max_top1_drop=0.1)
-    assert verdict.regressions == 2  # a dropped 0.2 pt, b is missing
+    assert verdict.regressions == 1 and verdict.not_compared == 1  # a dropped 0.2 pt; b is listed as not compared
+    assert "not compared: no such row in NEW" in verdict.table["change"].tolist()
+    assert compare(base, new, max_top1_drop=0.1, require_same_rows=True).regressions == 2  # b's absence fails it
     assert compare(base.iloc[:1], pd.DataFrame([dict(suite="accuracy", model="a", top1=80.0, status="failed")])).regressions == 1
 
 
@@ -157,7 +160,9 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
 
 
 def test_boards_delta_vs_paper_and_plot(tmp_path):
-    append_rows(tmp_path / "accuracy_imagenet.csv", [dict(suite="accuracy", model="dinat_tiny", dataset="/data/imagenet", top1=82.5, top5=96.0)])
+    append_rows(tmp_path / "accuracy_imagenet.csv", [
+        dict(suite="accuracy", model="dinat_tiny", dataset="/data/imagenet", pretrained=1, top1=82.5, top5=96.0),
+        dict(suite="accuracy", model="nat_tiny", dataset="/data/imagenet", pretrained=0, top1=0.1, top5=0.5)])
     append_rows(tmp_path / "accuracy_generated.csv", [dict(suite="accuracy", model="dinat_tiny", dataset="generated-tiny", top1=5.0, top5=50.0)])
     append_rows(tmp_path / "throughput.csv", [dict(suite="throughput", model="dinat_tiny", infer_batch_size=8, infer_samples_per_sec=11.0,
                                                    param_count=28.0, device="cpu", backend="auto:tiled")])
@@ -165,7 +170,11 @@ def test_boards_delta_vs_paper_and_plot(tmp_path):
     board = read_csv(written["accuracy"])
     imagenet = board[board["dataset"] == "/data/imagenet"].iloc[0]
     assert imagenet["paper_top1"] == 82.7 and imagenet["top1_delta_vs_paper"] == pytest.approx(-0.2)
-    assert board[board["dataset"] == "generated-tiny"]["top1_delta_vs_paper"].isna().all()  # never read against the paper
+    # a pipeline check (generated images) and random weights are never read against the paper
+    others = board[board["model"].eq("nat_tiny") | board["dataset"].eq("generated-tiny")]
+    assert len(others) == 2 and others[["paper_top1", "top1_delta_vs_paper"]].isna().all().all()
+    assert set(others["what"]) == {"pipeline check: random weights on generated images, not accuracy",
+                                   "random weights on a real data set: not comparable to the paper"}
     assert written["plot"].stat().st_size > 10_000 and (tmp_path / "paper.csv").exists()
 
 

@@ -1,5 +1,6 @@
 """The results command line as a newcomer meets it: every misuse ends in one line and exit 2, the
-compare table is short and labelled, merge says what it kept; the plot is named by what it shows."""
+compare table is short and labelled, merge says what it kept; the plot is named by what it shows.
+The command runs in this process (``results_cli``) but for one real ``python -m`` run."""
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,16 @@ import dinat_timm  # noqa: F401
 from dinat_timm.results import append_rows, read_csv
 from dinat_timm.results.boards import build_boards
 
+from _helpers import results_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args):
+    return results_cli(*args)
+
+
+def real_cli(*args):
     return subprocess.run([sys.executable, "-m", "dinat_timm.results", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
@@ -36,11 +43,15 @@ def test_misuse_ends_in_one_line_and_exit_2(tmp_path):
     append_rows(tmp_path / "throughput.csv", _rows())
     append_rows(tmp_path / "memory.csv", [dict(suite="memory", model="dinat_tiny", mode="infer", peak_mem_mb=80.0,
                                                device="cpu (x)")])
-    assert _one_error_line(cli("compare", tmp_path / "missing.csv", tmp_path / "throughput.csv"))
+    assert _one_error_line(real_cli("compare", tmp_path / "missing.csv", tmp_path / "throughput.csv"))  # the real command
     wrong_kind = cli("compare", tmp_path / "throughput.csv", tmp_path / "memory.csv")
     assert _one_error_line(wrong_kind) and "same suite" in wrong_kind.stderr
-    assert _one_error_line(cli("merge", tmp_path / "a.csv", tmp_path / "b.csv", "-o", tmp_path / "m.csv"))
+    assert _one_error_line(cli("merge", tmp_path / "throughput.csv", tmp_path / "b.csv", "-o", tmp_path / "m.csv"))
+    both = cli("merge", tmp_path / "a.csv", tmp_path / "b.csv", "-o", tmp_path / "m.csv")  # every problem, a line each
+    assert both.returncode == 2 and [line.split("/")[-1] for line in both.stderr.splitlines()] == ["a.csv", "b.csv"]
     assert not (tmp_path / "m.csv").exists()
+    usage = cli("compare", tmp_path / "throughput.csv")  # argparse's own complaint, in one line too
+    assert _one_error_line(usage) and "--help" in usage.stderr
     no_dir = cli("boards", "--results-dir", tmp_path / "nowhere")
     assert _one_error_line(no_dir) and not (tmp_path / "nowhere").exists()
 
@@ -53,7 +64,7 @@ def test_compare_rows_say_infer_or_train_and_can_show_regressions_only(tmp_path)
     assert "dinat_tiny infer fp32 b8 auto:tiled" in full.stdout and "dinat_tiny train fp32 b8 auto:tiled" in full.stdout
     only = cli("compare", tmp_path / "base.csv", tmp_path / "new.csv", "--only-regressions")
     table = [line for line in only.stdout.splitlines() if "dinat_tiny" in line]
-    assert only.returncode == 1 and len(table) == 1 and " train " in table[0] and "-66.7%" in table[0]
+    assert only.returncode == 1 and len(table) == 1 and " train " in table[0] and "×0.33 slower" in table[0]
     assert max(len(line) for line in full.stdout.splitlines()) <= 160
 
 

@@ -145,7 +145,7 @@ def test_strided_inputs_as_the_models_pass_them():
     assert out.permute(0, 2, 3, 1, 4).is_contiguous()
 
 
-def test_compiles_to_one_graph_forward_and_backward():
+def test_compiles_to_one_graph_forward_and_backward(compile_backend):
     shape = (1, 2, 14, 14, 16, 5, 2)
     q, k, v, rpb, grad = _problem(shape, True)
     ref = _run("gather", q, k, v, rpb, grad, 5, 2, torch.float64, "cpu")
@@ -153,7 +153,7 @@ def test_compiles_to_one_graph_forward_and_backward():
     def attend(q, k, v, rpb):
         return neighborhood_attention_2d(q, k, v, 5, 2, rpb, backend="triton")
 
-    compiled = torch.compile(attend, fullgraph=True)  # raises on a graph break
+    compiled = torch.compile(attend, fullgraph=True, backend=compile_backend)  # raises on a graph break
     leaves = [t.to(DEVICE).clone().requires_grad_() for t in (q, k, v, rpb)]
     out = compiled(*leaves)
     (out * grad.to(DEVICE)).sum().backward()
@@ -196,7 +196,7 @@ def test_cpu_tensors_without_the_interpreter_are_refused_not_run():
     assert "REFUSED" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr
 
 
-def test_compiled_training_step_of_a_model_matches_eager():
+def test_compiled_training_step_of_a_model_matches_eager(compile_backend):
     """forward + backward of a small DiNAT through the custom ops under ``torch.compile(fullgraph=True)``:
     the loss and every parameter's gradient (the rpb tables' included) equal eager's."""
     import timm
@@ -217,7 +217,7 @@ def test_compiled_training_step_of_a_model_matches_eager():
 
     eager_loss, eager_grads = step(model)
     torch._dynamo.reset()
-    compiled_loss, compiled_grads = step(torch.compile(model, fullgraph=True))
+    compiled_loss, compiled_grads = step(torch.compile(model, fullgraph=True, backend=compile_backend))
     torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
     assert any(name.endswith(".rpb") for name in compiled_grads)
     for name, grad in eager_grads.items():
