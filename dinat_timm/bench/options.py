@@ -36,6 +36,7 @@ OPTIONS = {
     "scaling-sizes": ("", "comma list of square input sizes of the scaling suite; empty = 224,320,448 on CPU, "
                           "224,384,512,768,1024 on a GPU"),
     "scaling-batch-size": ("", "batch size of the scaling suite; empty = 1 on CPU, 8 on a GPU"),
+    "scaling-rounds": ("2", "timed rounds per size in the scaling suite (after one warm-up)"),
     "rounds": ("5", "timed rounds per benchmark"),
     "warmup": ("2", "untimed warm-up rounds per benchmark"),
     "max-samples": ("0", "stop accuracy after this many images (0 = all)"),
@@ -53,6 +54,7 @@ PRESETS = {
         "models": "all",
         "reference-models": "swin_tiny_patch4_window7_224,vit_small_patch16_224,convnext_tiny",
         "op-backends": "triton,window,tiled,gather,natten,natten_legacy,flex",
+        "scaling-rounds": "5",
     },
 }
 

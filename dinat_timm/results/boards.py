@@ -15,7 +15,8 @@ PAPER = Path(__file__).with_name("paper.csv")
 # boards from several machines, so that their rows sit side by side rather than replace each other.
 CONFIG_COLUMNS = [
     "suite", "model", "img_size", "infer_img_size", "infer_batch_size", "train_img_size", "train_batch_size",
-    "batch", "mode", "stage", "map_size", "heads", "dilation", "rpb", "dtype", "channels_last", "compile", "backend",
+    "batch", "batch_size", "mode", "stage", "map_size", "heads", "dilation", "rpb", "dtype", "channels_last", "compile",
+    "backend",
     "dataset", "pretrained",
 ]
 ENV_COLUMNS = ["device", "natten", "torch"]
@@ -153,7 +154,7 @@ def speed_board_of(throughput: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFra
     board = latest(with_reference_ratios(throughput))
     if not memory.empty and "peak_mem_mb" in memory:
         mem = latest(memory)
-        index = [c for c in ("model", "device", "dtype") if c in mem and c in board]
+        index = [c for c in ("model", "device", "dtype", "compile") if c in mem and c in board]
         pivot = mem.pivot_table(index=index, columns="mode", values=["peak_mem_mb", "batch"], aggfunc="last")
         pivot.columns = [f"{mode}_peak_mem_mb" if what == "peak_mem_mb" else f"{mode}_peak_mem_batch"
                          for what, mode in pivot.columns]
@@ -190,6 +191,7 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out = Path(out)
     speed = speed[speed["status"].fillna("ok") == "ok"] if "status" in speed else speed
@@ -227,6 +229,8 @@ def plot(speed: pd.DataFrame, accuracy: pd.DataFrame, out) -> Path:
                        label=family if family not in ax.get_legend_handles_labels()[1] else None)
             ax.annotate(str(number), (row[x_col], row[y_col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))  # 0.5, 1, 2: not 5×10⁻¹
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8, loc="best")
         if ratios:

@@ -23,6 +23,13 @@ optimizer state).
 """
 
 
+def _speed(value) -> str:
+    """Images/s with the digits that matter and no exponent: 11310, 932.2, 4.775."""
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:.0f}" if value >= 1000 else f"{value:.4g}"
+
+
 def _cell(value, fmt: str = "{:.4g}") -> str:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "–"
@@ -80,8 +87,8 @@ def speed_section(board: pd.DataFrame) -> str:
                 f"**{line['model']}**" if line["model"] == REFERENCE else line["model"],
                 _cell(line.get("backend"), "{}"), _cell(line.get("param_count"), "{:.1f}"), _cell(line.get("gmacs"), "{:.2f}"),
                 _cell(batch, "{:g}"),
-                _cell(line.get("infer_samples_per_sec")), _cell(line.get("infer_vs_reference"), "×{:.2f}"),
-                _cell(line.get("train_samples_per_sec")), _cell(line.get("train_vs_reference"), "×{:.2f}"),
+                _speed(line.get("infer_samples_per_sec")), _cell(line.get("infer_vs_reference"), "×{:.2f}"),
+                _speed(line.get("train_samples_per_sec")), _cell(line.get("train_vs_reference"), "×{:.2f}"),
                 ", ".join(memory) or "–",
             ])
         header = ["model", "attention", "params (M)", "GMACs", "batch", "inference img/s", "×Swin-T",
@@ -121,8 +128,10 @@ def scaling_section(board: pd.DataFrame) -> str:
         return ""
     keys = [c for c in ("device", "dtype", "mode") if c in board]
     parts = ["## Cost as the image grows (backbone)",
-             "Time and peak memory against the number of tokens; the exponent is the slope of a log-log fit "
-             "(1: linear, 2: quadratic). `scaling.png` draws them."]
+             "Time per image and peak memory of a `features_only` backbone against its number of tokens; the exponent "
+             "is the slope of a log-log fit (1: linear, 2: quadratic). `scaling.png` draws them. Over small sizes "
+             "(a CPU's 224–448 px at batch 1) fixed per-layer costs weigh more and flatten every slope: read those "
+             "as a comparison between models, and GPU rows up to 1024 px for growth."]
     for key, group in board.groupby(keys, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         title = " · ".join(str(k) for k in key)

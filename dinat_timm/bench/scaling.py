@@ -1,0 +1,148 @@
+"""How a backbone's cost grows with the image: the scaling suite's models, sizes and steps.
+
+DiNAT's main use is as a detection and segmentation backbone (UperNet, Mask R-CNN, Mask2Former) at
+512–1333 px, where neighborhood and window attention grow linearly with the tokens and global
+attention quadratically. Each model runs as timm's ``features_only`` backbone, forward and a
+training step (forward, a loss on every feature map, backward, AdamW), at square sizes; peak memory
+is what the step needs beyond what was allocated before it.
+
+At sizes where DiNAT's published segmentation and detection configs use other dilations than the
+ImageNet ones, those are used, and the row says which (``dilations``).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+from typing import Callable, Dict, List, Optional, Tuple
+
+import timm
+import torch
+
+from .steps import DTYPES, is_dinat_model
+
+CPU_SIZES = (224, 320, 448)
+GPU_SIZES = (224, 384, 512, 768, 1024)
+
+# DiNAT-T's dilations in the original repo's configs (SHI-Labs/Neighborhood-Attention-Transformer):
+# classification at 224 (classification/dinat.py), UperNet on ADE20K at 512x512
+# (segmentation/configs/dinat/upernet_dinat_tiny_512x512_160k_ade20k.py), Mask R-CNN on COCO at
+# up to 800x1333 (detection/configs/dinat/mask_rcnn_dinat_tiny_3x_coco.py).
+DINAT_TINY_DILATIONS = {
+    "imagenet-224": [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5],
+    "ade20k-512": [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+    "coco-800": [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+}
+
+
+def scaling_sizes(options) -> List[int]:
+    sizes = options.ints("scaling-sizes", minimum=32) if options.get("scaling-sizes") else None
+    return list(sizes or (GPU_SIZES if options.on_gpu else CPU_SIZES))
+
+
+def scaling_batch(options) -> int:
+    return options.int("scaling-batch-size", 1) if options.get("scaling-batch-size") else (8 if options.on_gpu else 1)
+
+
+def dilations_for(model: str, img_size: int) -> Tuple[str, Optional[list]]:
+    """(label, dilations) the published configs use for ``model`` at ``img_size``; NAT and the
+    reference models have none ('-')."""
+    if model.split(".")[0] != "dinat_tiny":
+        return ("1 everywhere" if is_dinat_model(model) else "-"), None
+    label = "coco-800" if img_size >= 800 else "ade20k-512" if img_size >= 512 else "imagenet-224"
+    return label, DINAT_TINY_DILATIONS[label]
+
+
+def build_backbone(model: str, img_size: int, device: str, backend: str = "auto") -> Tuple[torch.nn.Module, str]:
+    """``model`` as a ``features_only`` backbone for ``img_size`` inputs, and its dilations' label."""
+    label, dilations = dilations_for(model, img_size)
+    kwargs: Dict = dict(features_only=True)
+    if dilations is not None:
+        kwargs["dilations"] = dilations
+    if is_dinat_model(model):
+        kwargs["attn_backend"] = backend
+    if model.startswith(("swin", "vit")) or is_dinat_model(model):
+        kwargs["img_size"] = img_size  # Swin's masks and ViT's position embedding are sized for it
+    return timm.create_model(model, **kwargs).to(device), label
+
+
+def tokens(backbone: torch.nn.Module, img_size: int) -> int:
+    """Tokens at the backbone's first feature level (stride 4 for the hierarchical models, 16 for ViT)."""
+    stride = backbone.feature_info.reduction()[0]
+    return (img_size // stride) ** 2
+
+
+def _autocast(device: str, dtype: str):
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
+
+
+def _loss(features) -> torch.Tensor:
+    return sum(f.float().mean() for f in features)
+
+
+def step_fn(backbone: torch.nn.Module, x: torch.Tensor, mode: str, dtype: str) -> Callable[[], None]:
+    """One forward (``mode="forward"``) or training step (``"train"``) of the backbone on ``x``."""
+    device = x.device.type
+    if mode == "forward":
+        backbone.eval()
+
+        def forward():
+            with torch.inference_mode(), _autocast(device, dtype):
+                backbone(x)
+
+        return forward
+    backbone.train()
+    optimizer = torch.optim.AdamW(backbone.parameters(), lr=1e-4)
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, dtype):
+            loss = _loss(backbone(x))
+        loss.backward()
+        optimizer.step()
+
+    return train
+
+
+# -- peak memory of one step, in this process -------------------------------------------------------------
+
+def _return_freed_memory_to_the_os() -> None:
+    """glibc's ``malloc_trim(0)``: every free page of the heap goes back to the OS, so the resident set
+    is what is live, and a step's peak is the growth it causes, not memory an earlier step freed and
+    this one reuses (which would read as zero: ViT-S's training step read 5 MB without it, 55 MB with)."""
+    name = ctypes.util.find_library("c")
+    if name:
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_mb(step: Callable[[], None], device: str) -> Optional[float]:
+    """MiB one ``step`` needs beyond what is allocated before it: the CUDA allocator's peak, or on CPU
+    the growth of the resident set's high-water mark (Linux; None elsewhere). Run after a warm-up."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:
+        _return_freed_memory_to_the_os()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+        before = _status_kb("VmRSS")
+    except OSError:
+        return None
+    step()
+    return (_status_kb("VmHWM") - before) / 1024
