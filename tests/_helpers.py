@@ -50,3 +50,26 @@ def results_cli(*args):
         except SystemExit as e:  # argparse's usage errors
             code = e.code if isinstance(e.code, int) else 2
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def expected_natten():
+    """The NATTEN version this environment is named for (tox, CI): '0.15', '0.17', '0.21', 'none' or ''."""
+    import os
+
+    return os.environ.get("DINAT_TIMM_EXPECT_NATTEN", "")
+
+
+def skip_unusable(backend: str, reason):
+    """Skip a test whose backend cannot run here, but fail it in an environment named for the NATTEN
+    version that backend needs: there a skip would be a check that cannot fail."""
+    import pytest
+
+    if reason is None:
+        return
+    expected = expected_natten()
+    if expected not in ("", "none"):
+        legacy = tuple(int(x) for x in expected.split(".")) < (0, 18)
+        if backend == ("natten_legacy" if legacy else "natten") and not reason.startswith(
+                ("natten >= 0.20 has no relative position bias", "NATTEN's legacy CPU kernels take")):
+            pytest.fail(f"NATTEN {expected} environment, but backend {backend!r} cannot run: {reason}")
+    pytest.skip(reason)

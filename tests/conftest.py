@@ -39,6 +39,7 @@ def full_run(config) -> bool:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "full: slow and broad; runs with --full (CI) only")
+    config.addinivalue_line("markers", "natten_legacy: runs NATTEN <= 0.17's ops (pytest -m natten_legacy: those alone)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,10 +5,10 @@ import torch
 from dinat_timm.ops import available_backends, neighborhood_attention_2d
 from dinat_timm.ops.chooser import why_not
 
-from _helpers import fixture
+from _helpers import fixture, skip_unusable
 
 CASES = fixture("na2d_natten.pt")["cases"]
-BACKENDS = ["tiled", "gather", "flex", "natten", "natten_legacy"]
+BACKENDS = ["tiled", "gather", "flex", "natten", pytest.param("natten_legacy", marks=pytest.mark.natten_legacy)]
 
 
 def case_id(c):
@@ -17,9 +17,7 @@ def case_id(c):
 
 
 def _skip_unless_usable(backend, case, grad):
-    reason = why_not(backend, case["q"], case["rpb"], grad)
-    if reason is not None:
-        pytest.skip(reason)
+    skip_unusable(backend, why_not(backend, case["q"], case["rpb"], grad))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
