@@ -177,9 +177,11 @@ def label_of(row) -> str:
 
 
 def speed_change(speed_ratio: float) -> str:
-    """New speed over base speed, as a person reads it: '×0.14 slower', '×1.25 faster', '×1.00 same'."""
-    word = "faster" if speed_ratio > 1.0005 else "slower" if speed_ratio < 0.9995 else "same"
-    return f"×{speed_ratio:.2f} {word}"
+    """New speed over base speed, as a person reads it: '×0.14 slower', '×1.25 faster', '×1.00 same'
+    (the word agrees with the factor as shown)."""
+    shown = round(speed_ratio, 2)
+    word = "faster" if shown > 1 else "slower" if shown < 1 else "same"
+    return f"×{shown:.2f} {word}"
 
 
 def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
