@@ -307,7 +307,14 @@ def resolve_weight_source(variant: str, kwargs: Dict) -> Dict:
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
-    if cfg.state_dict or cfg.source in ("local-dir", "hf-hub"):  # handed over, or timm's own Hub layout
+    if cfg.source == "hf-hub":  # timm's own Hub layout, read by timm: check the cached file's checksum first
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(cfg.hf_hub_id.split("@")[0], "model.safetensors")
+        if isinstance(cached, str):
+            check_checkpoint_file(cached)
+        return kwargs
+    if cfg.state_dict or cfg.source == "local-dir":  # handed over, or an exported directory timm reads
         return kwargs
     local = cfg.file or WeightSources(cfg.hf_hub_id, cfg.url).cached()
     if local:

@@ -115,6 +115,9 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
         self.depths = depths
         self.dilations = resolve_dilations(dilations, depths)
         self.kernel_size = kernel_size
+        # what the architecture is, as constructor arguments (written to timm's Hub config.json)
+        self.architecture = dict(embed_dim=embed_dim, depths=list(depths), num_heads=list(num_heads), mlp_ratio=mlp_ratio,
+                                 kernel_size=kernel_size, dilations=self.dilations, layer_scale=layer_scale)
         self.min_input_size = stem_stride * 2 ** (len(depths) - 1)
         self.output_fmt = "NHWC"  # forward_features' layout, as timm's Swin declares it
         self.grad_checkpointing = False

@@ -97,6 +97,8 @@ class DiNAT_s(HierarchicalNAT):
             num_heads, mlp_ratio, kernel_size, dilations, None, qkv_bias, qk_scale, drop_rate, proj_drop_rate,
             attn_drop_rate, drop_path_rate, norm_layer, act_layer, attn_backend, device=device, dtype=dtype,
         )
+        self.architecture.update(patch_size=patch_size)
+        del self.architecture["layer_scale"]  # DiNAT_s has none
 
 
 def checkpoint_filter_fn(state_dict: Dict, model: DiNAT_s) -> Dict[str, torch.Tensor]:

@@ -140,6 +140,11 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = linear_drop_path_rates(drop_path_rate, depth)
         self.dilations = [1 if i % 2 == 0 else dilation for i in range(depth)]
+        # what the architecture is, as constructor arguments (written to timm's Hub config.json)
+        self.architecture = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                 patch_size=patch_size, attention=attention)
+        if attention == "neighborhood":
+            self.architecture.update(kernel_size=kernel_size, dilation=dilation)
         attn_layer = {}
         if attention == "global":
             grid = (img_size if isinstance(img_size, int) else max(img_size)) // patch_size
