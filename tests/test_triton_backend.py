@@ -13,6 +13,7 @@ import torch
 
 from dinat_timm.ops import neighborhood_attention_2d
 from dinat_timm.ops.chooser import why_not
+from dinat_timm.ops.testing import outputs_and_grads
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _probe = torch.empty(1, 1, 9, 9, 16, device=DEVICE)
@@ -44,14 +45,7 @@ def _problem(shape, with_rpb, seed=0, dtype=torch.float32):
     return q, k, v, rpb, grad
 
 
-def _run(backend, q, k, v, rpb, grad, ks, dil, dtype, device, rpb_dtype=None):
-    # fresh leaves every call (``.to`` returns the tensor itself when nothing changes)
-    leaves = [t.to(device=device, dtype=dtype).clone().requires_grad_() for t in (q, k, v)]
-    bias = None if rpb is None else rpb.to(device=device, dtype=rpb_dtype or dtype).clone().requires_grad_()
-    out = neighborhood_attention_2d(*leaves, ks, dil, bias, backend=backend)
-    (out * grad.to(device=device, dtype=out.dtype)).sum().backward()
-    grads = [t.grad for t in leaves] + ([] if bias is None else [bias.grad])
-    return [out.detach().double().cpu()] + [g.double().cpu() for g in grads]
+_run = outputs_and_grads  # (backend, q, k, v, rpb, grad, ks, dil, dtype, device, rpb_dtype=None)
 
 
 @pytest.mark.parametrize("with_rpb", [True, False], ids=["rpb", "norpb"])

@@ -23,8 +23,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import timm  # noqa: E402
 
 import dinat_timm  # noqa: E402,F401
-from dinat_timm.ops import neighborhood_attention_2d  # noqa: E402
 from dinat_timm.ops.chooser import why_not  # noqa: E402
+from dinat_timm.ops.testing import outputs_and_grads  # noqa: E402
 from dinat_timm.results.environment import set_tf32  # noqa: E402
 
 STAGES = [(56, 2, 1), (56, 2, 8), (28, 4, 1), (28, 4, 4), (14, 8, 1), (14, 8, 2), (7, 16, 1), (30, 3, 3)]
@@ -32,11 +32,9 @@ QUICK_STAGES = [(56, 2, 8), (28, 4, 1), (7, 16, 1)]
 
 
 def run(backend, q, k, v, rpb, grad, dilation, dtype, device):
-    leaves = [t.to(device, dtype).clone().requires_grad_() for t in (q, k, v)]
-    bias = rpb.to(device, torch.float64 if dtype == torch.float64 else torch.float32).clone().requires_grad_()
-    out = neighborhood_attention_2d(*leaves, 7, dilation, bias, backend=backend)
-    (out * grad.to(device, out.dtype)).sum().backward()
-    return [t.double().cpu() for t in (out.detach(), *(x.grad for x in leaves), bias.grad)]
+    # the rpb stays fp32 in half precision, as under autocast
+    rpb_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return outputs_and_grads(backend, q, k, v, rpb, grad, 7, dilation, dtype, device, rpb_dtype)
 
 
 def operator_checks(device, backends, quick=False):

@@ -305,7 +305,7 @@ def _fold(grad, dim, inner, tile, halo):
     return out.reshape(shape).narrow(dim, 0, (n - 1) * tile + halo)
 
 
-def _strips(query, key, value, kernel_size, dilation, rpb, scale, lay, args):
+def _strips(query, key, value, dilation, rpb, scale, lay, args):
     batch, heads, height, width, dim = query.shape
     cut_h, cut_w = lay["cuts"]
     d = dilation
@@ -330,7 +330,7 @@ def _strips(query, key, value, kernel_size, dilation, rpb, scale, lay, args):
 # -- indexed path ------------------------------------------------------------------------------------
 
 
-def _indexed(query, key, value, kernel_size, dilation, rpb, scale, lay, args):
+def _indexed(query, key, value, rpb, scale, lay, args):
     batch, heads, _, _, dim = query.shape
     rows, cols = lay["rows"], lay["cols"]
     tiles = heads * rows.groups * cols.groups
@@ -355,6 +355,6 @@ def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale,
     args = (height, width, kernel_size, dilation, tile, query.device)
     lay = _strip_layout(*args)
     if lay is not None:
-        return _strips(query, key, value, kernel_size, dilation, rpb, scale, lay, args)
+        return _strips(query, key, value, dilation, rpb, scale, lay, args)
     args = (height, width, kernel_size, dilation, min(tile), query.device)
-    return _indexed(query, key, value, kernel_size, dilation, rpb, scale, _indexed_layout(*args), args)
+    return _indexed(query, key, value, rpb, scale, _indexed_layout(*args), args)
