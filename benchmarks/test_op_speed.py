@@ -44,7 +44,7 @@ def _step(fn, inputs, backward):
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd_bwd"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"stage{s[0]}-{s[1]}x{s[1]}-h{s[2]}-d{s[3]}")
-@pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["triton", "tiled", "gather", "natten", "natten_legacy", "flex"])
+@pytest.mark.parametrize("backend", ["windowed_sdpa"] + ["triton", "window", "tiled", "gather", "natten", "natten_legacy", "flex"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_op_speed(benchmark, leaderboard, bench_options, dtype, backend, shape, mode):
     # backends and dtypes the options do not ask for, or the device cannot run, are deselected at

@@ -74,8 +74,11 @@ def test_dinat_s_large_tags():
     in22k = timm.create_model("dinat_s_large.in22k", device="meta")
     ft = timm.create_model("dinat_s_large.in22k_ft_in1k", device="meta")
     assert in22k.num_classes == 21841 and ft.num_classes == 1000
-    assert in22k.stages[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
+    # one default per architecture (the fine-tuning's 0.35); the IN-22K tag says how it was pre-trained
     assert ft.stages[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.35)
+    assert any("drop_path_rate=0.2" in note for note in in22k.pretrained_cfg["notes"])
+    again = timm.create_model("dinat_s_large.in22k", device="meta", drop_path_rate=0.2)
+    assert again.stages[3].blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
     assert "dinat_s_large_1k_224.pth" in ft.pretrained_cfg["notes"][0]  # the markdown's other file name
     big = timm.create_model("dinat_s_large_384.in22k_ft_in1k", device="meta")
     assert big.pretrained_cfg["input_size"] == (3, 384, 384) and big.pretrained_cfg["crop_pct"] == 1.0

@@ -19,7 +19,7 @@ class StepConfig:
     dtype: str = "fp32"  # fp16/bf16 run under autocast (AMP); parameters stay fp32
     channels_last: bool = False
     compile: bool = False
-    backend: str = "auto"  # attention backend for dinat_timm models
+    backend: str = "auto"  # attention backend for dinat_timm models; "window:NAME": window layout, the rest on NAME
     device: str = "cpu"
     pretrained: bool = False
 
@@ -47,13 +47,23 @@ def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     extra = {}
-    if cfg.backend != "auto" and is_dinat_model(cfg.model):
-        extra["attn_backend"] = cfg.backend
+    if is_dinat_model(cfg.model):
+        layout, backend = attn_layout_and_backend(cfg.backend)
+        if backend != "auto":
+            extra["attn_backend"] = backend
+        if layout != "neighborhood":
+            extra["attn_layout"] = layout
     model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **extra, **kwargs)
     model.to(cfg.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def attn_layout_and_backend(spec: str):
+    """'window:triton' -> ('window', 'triton'); 'tiled' -> ('neighborhood', 'tiled')."""
+    layout, _, backend = spec.rpartition(":") if spec.startswith("window:") else ("neighborhood", "", spec)
+    return layout, backend
 
 
 def is_dinat_model(name: str) -> bool:
@@ -139,7 +149,8 @@ def config_columns(cfg: StepConfig) -> dict:
     chosen = "timm"  # the reference model's own attention
     if is_dinat_model(cfg.model):
         chosen = cfg.backend
-        layout, _, op_backend = cfg.backend.rpartition(":")
+        layout, op_backend = attn_layout_and_backend(cfg.backend)
+        layout = "" if layout == "neighborhood" else layout
         if op_backend == "auto":
             from ..ops import choose_backend
 

@@ -9,11 +9,12 @@ from timm.layers import get_device_dtype
 from timm.models._features import feature_take_indices
 
 from ..ops.chooser import check_backend_name
-from ._blocks import NeighborhoodAttention2d, check_image_input
+from ._blocks import NeighborhoodAttention2d, check_attn_layout, check_image_input
 
 
 class ClassifierModelMixin:
-    """Expects ``self.head`` (a timm ``ClassifierHead`` on NHWC features), ``self.num_classes``,
+    """Expects ``self.patch_embed``, ``self.pos_drop``, ``self.head`` (a timm ``ClassifierHead`` on
+    NHWC features), ``self.in_chans``, ``self.min_input_size``, ``self.num_classes``,
     ``self.global_pool`` and ``forward_features``."""
 
     def __prepare_scriptable__(self):
@@ -49,6 +50,20 @@ class ClassifierModelMixin:
             if isinstance(module, NeighborhoodAttention2d):
                 module.backend = backend
 
+    def set_attn_layout(self, layout: str) -> None:
+        """"window": run every layer whose dilation sub-grids are exactly k×k as window attention (the
+        same numbers, see ``NeighborhoodAttention2d``); "neighborhood" (the default): every layer on
+        its backend."""
+        check_attn_layout(layout)
+        for module in self.modules():
+            if isinstance(module, NeighborhoodAttention2d):
+                module.layout = layout
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The input checked (channels, size, 4-D), through the patch embedding and its dropout."""
+        check_image_input(x, self.in_chans, self.min_input_size)
+        return self.pos_drop(self.patch_embed(x))
+
     def _run_collecting(
         self,
         units: nn.Sequential,
@@ -62,9 +77,8 @@ class ClassifierModelMixin:
         for (``norm_tap(i, x)`` may normalise one); returns (x, intermediates, index of last unit run)."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image_input(x, self.in_chans, self.min_input_size)
         take_indices, max_index = feature_take_indices(len(units), indices)
-        x = self.pos_drop(self.patch_embed(x))
+        x = self.stem(x)
         run = units if torch.jit.is_scripting() or not stop_early else units[: max_index + 1]
         intermediates, i = [], 0
         for i, unit in enumerate(run):

@@ -5,7 +5,8 @@ that checkpoints convert with little renaming; layer scale uses timm's ``LayerSc
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from functools import partial
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,7 @@ from timm.layers import DropPath, LayerScale, Mlp, register_notrace_function, re
 
 from ..ops import neighborhood_attention_2d
 from ..ops._cache import exporting
+from ..ops.backends import window as windows
 from ..ops.chooser import check_backend_name
 
 
@@ -27,6 +29,14 @@ def channels_last_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+ATTN_LAYOUTS = ("neighborhood", "window")
+
+
+def check_attn_layout(layout: str) -> None:
+    if layout not in ATTN_LAYOUTS:
+        raise ValueError(f"attn_layout must be one of {list(ATTN_LAYOUTS)}, got {layout!r}")
+
+
 @register_notrace_module  # torch.fx (timm's feature extraction): a leaf, its padding depends on the map size
 class NeighborhoodAttention2d(nn.Module):
     """Multi-head (dilated) neighborhood attention with relative position bias, on NHWC maps.
@@ -34,12 +44,18 @@ class NeighborhoodAttention2d(nn.Module):
     A map smaller than ``kernel_size * dilation`` is zero-padded at the bottom/right before the
     qkv projection and cropped after attention, exactly as the original models did (NATTEN <=
     0.15 and transformers): the padded tokens take part in attention, unmasked.
+
+    ``layout="window"``: where every dilation sub-grid is exactly ``k×k`` (a ``k·d`` map, padded or
+    not), the input is permuted into windows once before ``qkv`` and back after ``proj``, and
+    attention is one window SDPA with the shared bias (``ops.backends.window``); other maps keep the
+    neighborhood path on ``backend``. The numbers are the same either way.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
+        *,
         kernel_size: int = 7,
         dilation: int = 1,
         qkv_bias: bool = True,
@@ -47,6 +63,7 @@ class NeighborhoodAttention2d(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         backend: str = "auto",
+        layout: str = "neighborhood",
         device=None,
         dtype=None,
     ):
@@ -60,12 +77,14 @@ class NeighborhoodAttention2d(nn.Module):
                 "attention matrix (the published DiNAT/NAT models all use attn_drop=0)"
             )
         check_backend_name(backend)
+        check_attn_layout(layout)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim**-0.5
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.backend = backend
+        self.layout = layout
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.rpb = nn.Parameter(torch.empty(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1, **dd))
         self.proj = nn.Linear(dim, dim, **dd)
@@ -73,7 +92,8 @@ class NeighborhoodAttention2d(nn.Module):
         trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}, backend={self.backend!r}"
+        return (f"heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
+                f"backend={self.backend!r}, layout={self.layout!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
@@ -82,49 +102,68 @@ class NeighborhoodAttention2d(nn.Module):
         if pad_bottom or pad_right:
             x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
         padded_h, padded_w = x.shape[1], x.shape[2]
-        qkv = self.qkv(x).reshape(batch, padded_h, padded_w, 3, self.num_heads, self.head_dim)
+        if self.layout == "window" and windows.is_window_shaped(int(padded_h), int(padded_w), self.kernel_size, self.dilation):
+            x = self._attend_windows(x)  # projected in window order, before the permutation back
+            if pad_bottom or pad_right:
+                x = x[:, :height, :width]
+        else:
+            x = self._attend_neighborhoods(x)
+            if pad_bottom or pad_right:
+                x = x[:, :height, :width]
+            x = self.proj(x)
+        return self.proj_drop(x)
+
+    def _attend_neighborhoods(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, channels = x.shape
+        qkv = self.qkv(x).reshape(batch, height, width, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # each [B, heads, H, W, D]
         x = neighborhood_attention_2d(
             q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, backend=self.backend
         )
-        x = channels_last_contiguous(x.permute(0, 2, 3, 1, 4)).view(batch, padded_h, padded_w, channels)
-        if pad_bottom or pad_right:
-            x = x[:, :height, :width]
-        return self.proj_drop(self.proj(x))
+        return channels_last_contiguous(x.permute(0, 2, 3, 1, 4)).view(batch, height, width, channels)
+
+    def _attend_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``k·d`` map as ``B·d²`` windows of its ``k×k`` sub-grids: the same numbers as the
+        neighborhood path, two copies (the permutations) around a window attention."""
+        batch, _, _, channels = x.shape
+        k, d, heads = self.kernel_size, self.dilation, self.num_heads
+        tokens = windows.partition(x, k, d)  # [B·d², k², C]
+        qkv = self.qkv(tokens).reshape(-1, k * k, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, key, v = qkv.unbind(0)  # each [B·d², heads, k², D]
+        bias = windows.window_bias(self.rpb, k, heads, q.dtype, q.device)
+        out = windows.attend(q, key, v, bias, self.scale).transpose(1, 2).reshape(-1, k * k, channels)
+        return windows.reverse(self.proj(out), k, d, batch)
 
 
 class NATBlock(nn.Module):
-    """Pre-norm transformer block: neighborhood attention then MLP, each with layer scale and drop path."""
+    """Pre-norm transformer block: attention then MLP, each with layer scale and drop path.
+
+    ``attn_layer`` builds the attention as ``attn_layer(dim, num_heads, qkv_bias=, qk_scale=,
+    proj_drop=, device=, dtype=)``; the families pass ``NeighborhoodAttention2d`` (or the global
+    attention of the ViT-rpb baseline) with their own arguments bound (``functools.partial``).
+    """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        kernel_size: int = 7,
-        dilation: int = 1,
+        *,
+        attn_layer: Callable[..., nn.Module] = NeighborhoodAttention2d,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         qk_scale: Optional[float] = None,
         proj_drop: float = 0.0,
-        attn_drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale: Optional[float] = None,
         act_layer=nn.GELU,
         norm_layer=nn.LayerNorm,
-        attn_layer=NeighborhoodAttention2d,
-        attn_backend: str = "auto",
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.norm1 = norm_layer(dim, **dd)
-        if attn_layer is NeighborhoodAttention2d:
-            self.attn = attn_layer(
-                dim, num_heads, kernel_size, dilation, qkv_bias, qk_scale, attn_drop, proj_drop, attn_backend, **dd
-            )
-        else:  # e.g. the isotropic ViT-rpb baseline's global attention
-            self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop, **dd)
+        self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop, **dd)
         self.ls1 = LayerScale(dim, layer_scale, **dd) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
@@ -136,6 +175,33 @@ class NATBlock(nn.Module):
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
+
+
+def neighborhood_attention_layer(*, kernel_size: int, dilation: int, attn_drop: float = 0.0, backend: str = "auto",
+                                 layout: str = "neighborhood") -> Callable[..., nn.Module]:
+    """``NeighborhoodAttention2d`` with one block's own arguments bound, as ``NATBlock`` takes it."""
+    return partial(NeighborhoodAttention2d, kernel_size=kernel_size, dilation=dilation, attn_drop=attn_drop,
+                   backend=backend, layout=layout)
+
+
+@register_notrace_module  # torch.fx: a leaf, it pads by the input size
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` conv (input zero-padded to a multiple, as the original), LayerNorm, NHWC.
+    The stem of DiNAT_s (4×4) and of the isotropic models (16×16)."""
+
+    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm_layer=nn.LayerNorm, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
+        self.norm = norm_layer(embed_dim, **dd) if norm_layer else nn.Identity()
+
+    def forward(self, x):
+        p = self.patch_size
+        pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -192,12 +258,3 @@ def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]):
         out.append(rates[start : start + depth])
         start += depth
     return out
-
-
-def resize_rpb(rpb: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Bicubically resample a ``[heads, 2k-1, 2k-1]`` bias table to another kernel size."""
-    span = 2 * kernel_size - 1
-    if rpb.shape[-1] == span and rpb.shape[-2] == span:
-        return rpb
-    resized = F.interpolate(rpb.float()[None], size=(span, span), mode="bicubic", align_corners=False)
-    return resized[0].to(rpb.dtype)

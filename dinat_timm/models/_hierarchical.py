@@ -16,7 +16,7 @@ from timm.models._features import feature_take_indices
 
 from . import _args
 from ._api import ClassifierModelMixin
-from ._blocks import NATBlock, check_image_input, init_weights, stage_drop_path_rates
+from ._blocks import NATBlock, check_attn_layout, init_weights, neighborhood_attention_layer, stage_drop_path_rates
 
 
 class NATStage(nn.Module):
@@ -24,17 +24,40 @@ class NATStage(nn.Module):
     like timm's Swin, the downsample opens the next stage here, so a stage's output is its
     feature map (the filter fns move the keys)."""
 
-    def __init__(self, downsample: nn.Module, dim, depth, num_heads, kernel_size, dilations, mlp_ratio, qkv_bias,
-                 qk_scale, proj_drop, attn_drop, drop_path, layer_scale, norm_layer, act_layer, attn_backend,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        *,
+        downsample: nn.Module,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        kernel_size: int,
+        dilations: Sequence[int],
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: Optional[float],
+        proj_drop: float,
+        attn_drop: float,
+        drop_path: Sequence[float],
+        layer_scale: Optional[float],
+        act_layer,
+        norm_layer,
+        attn_backend: str,
+        attn_layout: str,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.grad_checkpointing = False
         self.downsample = downsample
         self.blocks = nn.Sequential(*[
             NATBlock(
-                dim, num_heads, kernel_size, dilations[i], mlp_ratio, qkv_bias, qk_scale, proj_drop, attn_drop,
-                drop_path[i], layer_scale, act_layer, norm_layer, attn_backend=attn_backend, **dd,
+                dim, num_heads,
+                attn_layer=neighborhood_attention_layer(kernel_size=kernel_size, dilation=dilations[i], attn_drop=attn_drop,
+                                                        backend=attn_backend, layout=attn_layout),
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop, drop_path=drop_path[i],
+                layer_scale=layer_scale, act_layer=act_layer, norm_layer=norm_layer, **dd,
             )
             for i in range(depth)
         ])
@@ -65,7 +88,8 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
 
     def __init__(
         self,
-        stem: nn.Module,
+        *,
+        stem_layer: Callable[..., nn.Module],
         downsample_layer: Callable[..., nn.Module],
         stem_stride: int,
         img_size,
@@ -88,11 +112,13 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
         norm_layer,
         act_layer,
         attn_backend: str,
+        attn_layout: str,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        check_attn_layout(attn_layout)
         _args.image_size("img_size", img_size)
         _args.positive_int("in_chans", in_chans)
         _args.positive_int("num_classes", num_classes, minimum=0)
@@ -124,16 +150,17 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
 
         dims = [embed_dim * 2**i for i in range(len(depths))]
         self.num_features = self.head_hidden_size = dims[-1]
-        self.patch_embed = stem
+        self.patch_embed = stem_layer(in_chans=in_chans, embed_dim=embed_dim, **dd)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = stage_drop_path_rates(drop_path_rate, depths)
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
-            downsample = downsample_layer(dims[i - 1], dims[i], norm_layer, **dd) if i else nn.Identity()
+            downsample = downsample_layer(dims[i - 1], dims[i], norm_layer=norm_layer, **dd) if i else nn.Identity()
             stages.append(NATStage(
-                downsample, dims[i], depth, num_heads[i], kernel_size, self.dilations[i], mlp_ratio, qkv_bias,
-                qk_scale, proj_drop_rate, attn_drop_rate, dpr[i], layer_scale, norm_layer, act_layer, attn_backend,
-                **dd,
+                downsample=downsample, dim=dims[i], depth=depth, num_heads=num_heads[i], kernel_size=kernel_size,
+                dilations=self.dilations[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i], layer_scale=layer_scale,
+                act_layer=act_layer, norm_layer=norm_layer, attn_backend=attn_backend, attn_layout=attn_layout, **dd,
             ))
             self.feature_info.append(dict(num_chs=dims[i], reduction=stem_stride * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -195,7 +222,4 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, self.min_input_size)
-        x = self.pos_drop(self.patch_embed(x))
-        x = self.stages(x)
-        return self.norm(x)
+        return self.norm(self.stages(self.stem(x)))

@@ -11,13 +11,15 @@ Both published checkpoint formats load through ``checkpoint_filter_fn``: the ori
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._checkpoint import build_family_model, convert_original_hierarchical, filter_checkpoint, pretrained_cfg
+from ._checkpoint import convert_original_hierarchical, filter_checkpoint
+from ._factory import build_family_model, make_variant, pretrained_cfg
 from ._hierarchical import HierarchicalNAT
 
 __all__ = ["DiNAT"]
@@ -56,7 +58,9 @@ class DiNAT(HierarchicalNAT):
     """Hierarchical (Di)NAT. ``dilations=None`` is NAT (dilation 1 everywhere).
 
     Argument names follow the original ``NAT``/``DiNAT`` classes (``embed_dim, depths, num_heads,
-    mlp_ratio, kernel_size, dilations, layer_scale, drop_path_rate``).
+    mlp_ratio, kernel_size, dilations, layer_scale, drop_path_rate``). ``attn_backend`` picks the
+    neighborhood attention's backend, ``attn_layout="window"`` runs the layers whose dilation
+    sub-grids are k×k as window attention (the same numbers).
     """
 
     def __init__(
@@ -81,14 +85,18 @@ class DiNAT(HierarchicalNAT):
         norm_layer=nn.LayerNorm,
         act_layer=nn.GELU,
         attn_backend: str = "auto",
+        attn_layout: str = "neighborhood",
         device=None,
         dtype=None,
     ):
         super().__init__(
-            ConvStem(in_chans, embed_dim, norm_layer, device=device, dtype=dtype), ConvDownsample, 4, img_size,
-            in_chans, num_classes, global_pool, embed_dim, depths, num_heads, mlp_ratio, kernel_size, dilations,
-            layer_scale, qkv_bias, qk_scale, drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate, norm_layer,
-            act_layer, attn_backend, device=device, dtype=dtype,
+            stem_layer=partial(ConvStem, norm_layer=norm_layer), downsample_layer=ConvDownsample, stem_stride=4,
+            img_size=img_size, in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, embed_dim=embed_dim,
+            depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio, kernel_size=kernel_size, dilations=dilations,
+            layer_scale=layer_scale, qkv_bias=qkv_bias, qk_scale=qk_scale, drop_rate=drop_rate,
+            proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer, act_layer=act_layer, attn_backend=attn_backend, attn_layout=attn_layout,
+            device=device, dtype=dtype,
         )
 
 
@@ -210,8 +218,7 @@ _BASE = dict(embed_dim=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_
 _LARGE = dict(embed_dim=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.0, drop_path_rate=0.35)
 
 
-def _make(variant, pretrained, defaults, kwargs):
-    return _create_dinat(variant, pretrained=pretrained, **{**defaults, **kwargs})
+_make = partial(make_variant, _create_dinat)
 
 
 @register_model

@@ -6,6 +6,7 @@ Shares its stages, blocks and attention with the hierarchical DiNAT (``_hierarch
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -15,29 +16,12 @@ from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
 from . import _args
-from ._checkpoint import build_family_model, convert_original_hierarchical, filter_checkpoint, pretrained_cfg
+from ._blocks import PatchEmbed
+from ._checkpoint import convert_original_hierarchical, filter_checkpoint
+from ._factory import build_family_model, make_variant, pretrained_cfg
 from ._hierarchical import HierarchicalNAT
 
 __all__ = ["DiNAT_s"]
-
-
-@register_notrace_module  # torch.fx: a leaf, it pads by the input size
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv (input zero-padded to a multiple, as the original), LayerNorm, NHWC."""
-
-    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm_layer=nn.LayerNorm, device=None, dtype=None):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
-        self.norm = norm_layer(embed_dim, **dd) if norm_layer else nn.Identity()
-
-    def forward(self, x):
-        p = self.patch_size
-        pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 @register_notrace_module  # torch.fx: a leaf, it pads by the input size
@@ -87,15 +71,19 @@ class DiNAT_s(HierarchicalNAT):
         patch_norm: bool = True,
         act_layer=nn.GELU,
         attn_backend: str = "auto",
+        attn_layout: str = "neighborhood",
         device=None,
         dtype=None,
     ):
         _args.positive_int("patch_size", patch_size)
-        stem = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None, device=device, dtype=dtype)
         super().__init__(
-            stem, PatchMerging, patch_size, img_size, in_chans, num_classes, global_pool, embed_dim, depths,
-            num_heads, mlp_ratio, kernel_size, dilations, None, qkv_bias, qk_scale, drop_rate, proj_drop_rate,
-            attn_drop_rate, drop_path_rate, norm_layer, act_layer, attn_backend, device=device, dtype=dtype,
+            stem_layer=partial(PatchEmbed, patch_size=patch_size, norm_layer=norm_layer if patch_norm else None),
+            downsample_layer=PatchMerging, stem_stride=patch_size, img_size=img_size, in_chans=in_chans,
+            num_classes=num_classes, global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, kernel_size=kernel_size, dilations=dilations, layer_scale=None, qkv_bias=qkv_bias,
+            qk_scale=qk_scale, drop_rate=drop_rate, proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate, norm_layer=norm_layer, act_layer=act_layer, attn_backend=attn_backend,
+            attn_layout=attn_layout, device=device, dtype=dtype,
         )
         self.architecture.update(patch_size=patch_size)
         del self.architecture["layer_scale"]  # DiNAT_s has none
@@ -117,8 +105,8 @@ _URL = "https://shi-labs.com/projects/dinat/checkpoints/"
 _NAME_NOTE = "file name from the original code (dinats.py); the original DiNAT.md links '{}' instead"
 
 
-def _cfg(file: str, alt_file: str, **kwargs) -> Dict[str, Any]:
-    return pretrained_cfg(_URL + file, first_conv="patch_embed.proj", notes=(_NAME_NOTE.format(alt_file),), **kwargs)
+def _cfg(file: str, alt_file: str, notes=(), **kwargs) -> Dict[str, Any]:
+    return pretrained_cfg(_URL + file, first_conv="patch_embed.proj", notes=(_NAME_NOTE.format(alt_file), *notes), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
@@ -127,7 +115,9 @@ default_cfgs = generate_default_cfgs({
     "dinat_s_base.in1k": _cfg("imagenet1k/dinat_s_base_in1k_224.pth", "dinat_s_base_1k_224.pth"),
     "dinat_s_large.in22k_ft_in1k": _cfg("imagenet1k/dinat_s_large_in1k_224.pth", "dinat_s_large_1k_224.pth"),
     "dinat_s_large.in22k": _cfg(
-        "imagenet22k/dinat_s_large_in22k_224.pth", "dinat_s_large_22k_224.pth", num_classes=21841),
+        "imagenet22k/dinat_s_large_in22k_224.pth", "dinat_s_large_22k_224.pth", num_classes=21841,
+        notes=("pre-trained with drop_path_rate=0.2 (the original registers it as dinat_s_large_21k); pass "
+               "drop_path_rate=0.2 to train it as it was",)),
     "dinat_s_large_384.in22k_ft_in1k": _cfg(
         "imagenet1k/dinat_s_large_in1k_384.pth", "dinat_s_large_1k_384.pth",
         input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
@@ -137,8 +127,7 @@ _D224 = [[1, 8], [1, 4], [1, 2] * 9, [1, 1]]
 _LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), mlp_ratio=4.0, kernel_size=7)
 
 
-def _make(variant, pretrained, defaults, kwargs):
-    return _create_dinat_s(variant, pretrained=pretrained, **{**defaults, **kwargs})
+_make = partial(make_variant, _create_dinat_s)
 
 
 @register_model
@@ -162,10 +151,7 @@ def dinat_s_base(pretrained: bool = False, **kwargs) -> DiNAT_s:
 
 @register_model
 def dinat_s_large(pretrained: bool = False, **kwargs) -> DiNAT_s:
-    # the IN-22K pre-training used drop_path_rate 0.2 (the original registers it as dinat_s_large_21k)
-    tag = kwargs.get("pretrained_cfg") or ""
-    dpr = 0.2 if str(tag).endswith("in22k") else 0.35
-    return _make("dinat_s_large", pretrained, dict(_LARGE, drop_path_rate=dpr, dilations=_D224), kwargs)
+    return _make("dinat_s_large", pretrained, dict(_LARGE, drop_path_rate=0.35, dilations=_D224), kwargs)
 
 
 @register_model

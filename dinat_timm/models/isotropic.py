@@ -21,9 +21,10 @@ from timm.models._features import feature_take_indices
 from ..ops._cache import cached_constant
 from . import _args
 from ._api import ClassifierModelMixin
-from ._blocks import NATBlock, channels_last_contiguous, check_image_input, init_weights, linear_drop_path_rates
-from ._checkpoint import build_family_model, filter_checkpoint, head_fc_key, pretrained_cfg
-from .dinat_s import PatchEmbed
+from ._blocks import (NATBlock, PatchEmbed, channels_last_contiguous, check_attn_layout, init_weights,
+                      linear_drop_path_rates, neighborhood_attention_layer)
+from ._checkpoint import filter_checkpoint, head_fc_key
+from ._factory import build_family_model, make_variant, pretrained_cfg
 
 __all__ = ["NATIsotropic", "GlobalAttentionRPB"]
 
@@ -46,7 +47,8 @@ class GlobalAttentionRPB(nn.Module):
     Maps up to ``input_size`` per side are covered by the table.
     """
 
-    def __init__(self, dim, num_heads, input_size=14, qkv_bias=True, qk_scale=None, proj_drop=0.0, device=None, dtype=None):
+    def __init__(self, dim, num_heads, *, input_size=14, qkv_bias=True, qk_scale=None, proj_drop=0.0, device=None,
+                 dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.num_heads = num_heads
@@ -106,11 +108,13 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         patch_norm: bool = True,
         act_layer=nn.GELU,
         attn_backend: str = "auto",
+        attn_layout: str = "neighborhood",
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        check_attn_layout(attn_layout)
         if attention not in ("neighborhood", "global"):
             raise ValueError(f"attention must be 'neighborhood' or 'global', got {attention!r}")
         _args.image_size("img_size", img_size)
@@ -145,14 +149,17 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
                                  patch_size=patch_size, attention=attention)
         if attention == "neighborhood":
             self.architecture.update(kernel_size=kernel_size, dilation=dilation)
-        attn_layer = {}
         if attention == "global":
             grid = (img_size if isinstance(img_size, int) else max(img_size)) // patch_size
-            attn_layer = dict(attn_layer=partial(GlobalAttentionRPB, input_size=grid))
+            attn_layers = [partial(GlobalAttentionRPB, input_size=grid)] * depth
+        else:
+            attn_layers = [neighborhood_attention_layer(kernel_size=kernel_size, dilation=d, attn_drop=attn_drop_rate,
+                                                        backend=attn_backend, layout=attn_layout) for d in self.dilations]
         self.blocks = nn.Sequential(*[
             NATBlock(
-                embed_dim, num_heads, kernel_size, self.dilations[i], mlp_ratio, qkv_bias, qk_scale, proj_drop_rate,
-                attn_drop_rate, dpr[i], None, act_layer, norm_layer, attn_backend=attn_backend, **attn_layer, **dd,
+                embed_dim, num_heads, attn_layer=attn_layers[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                qk_scale=qk_scale, proj_drop=proj_drop_rate, drop_path=dpr[i], act_layer=act_layer,
+                norm_layer=norm_layer, **dd,
             )
             for i in range(depth)
         ])
@@ -195,8 +202,7 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, self.min_input_size)
-        x = self.pos_drop(self.patch_embed(x))
+        x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
@@ -241,8 +247,7 @@ _SMALL = dict(embed_dim=384, depth=12, num_heads=12, mlp_ratio=4.0, drop_path_ra
 _BASE = dict(embed_dim=768, depth=12, num_heads=24, mlp_ratio=4.0, drop_path_rate=0.4)
 
 
-def _make(variant, pretrained, defaults, kwargs):
-    return _create(variant, pretrained=pretrained, **{**defaults, **kwargs})
+_make = partial(make_variant, _create)
 
 
 @register_model

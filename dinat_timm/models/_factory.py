@@ -1,0 +1,73 @@
+"""Building a family's registered variants: the pretrained cfg they share, timm's builder with
+weights from whichever source serves, and a variant's defaults merged with the caller's arguments."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+from ._checkpoint import CheckpointMismatchError
+from ._weights import CorruptCheckpoint, PretrainedWeightsUnavailable, resolve_weight_source
+
+
+def pretrained_cfg(url: str, **kwargs) -> Dict:
+    """What every DiNAT-family pretrained cfg shares; families override stem, pool size and the rest."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head.fc",
+        "license": "mit",
+        "paper_ids": "arXiv:2209.15001",
+        "paper_name": "Dilated Neighborhood Attention Transformer",
+        "origin_url": "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer",
+        **kwargs,
+    }
+
+
+def _weights_file(kwargs: Dict) -> Optional[str]:
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    return overlay.get("file")
+
+
+def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num_features: int, **kwargs):
+    """``build_model_with_cfg`` with timm's feature getter over ``num_features`` stages or blocks,
+    weights from whichever source can serve them (checked before they are read), and a load failure
+    reported as which weights, from which file, failed and why."""
+    from timm.models import build_model_with_cfg
+
+    out_indices = kwargs.pop("out_indices", tuple(range(num_features)))
+    feature_cfg = dict(out_indices=out_indices, feature_cls="getter")
+    if pretrained:
+        kwargs = resolve_weight_source(variant, kwargs)
+    source = _weights_file(kwargs) if pretrained else None
+    where = f" from {source}" if source else ""
+    try:
+        model = build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs
+        )
+        for cfg in {id(c): c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+                    if isinstance(c, dict)}.values():
+            cfg.pop("state_dict", None)  # the weights are in the model; the cfg keeps the file's name
+        return model
+    except CheckpointMismatchError as e:
+        if source and source not in str(e):
+            raise CheckpointMismatchError(f"{source}: {e}") from e
+        raise
+    except (CorruptCheckpoint, PretrainedWeightsUnavailable):
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with context below
+        if not pretrained or isinstance(e, TypeError):
+            raise
+        raise RuntimeError(f"could not load pretrained weights for {variant!r}{where}: {type(e).__name__}: {e}") from e
+
+
+def make_variant(create: Callable, variant: str, pretrained: bool, defaults: Dict, kwargs: Dict):
+    """A registered variant: its defaults, overridden by whatever the caller passed."""
+    return create(variant, pretrained=pretrained, **{**defaults, **kwargs})
