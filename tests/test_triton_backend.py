@@ -87,7 +87,7 @@ def test_every_launch_candidate_is_exact(shape, monkeypatch):
     ks, dil = shape[5], shape[6]
     q, k, v, rpb, grad = _problem(shape, True)
     halo = triton_fused._halo(q, dil, ks)
-    fwd, dq, dkdv = (unique_meta(c) for c in triton_fused._candidates(ks, q.shape[-1], *halo))
+    fwd, dq, dkdv = (unique_meta(c) for c in triton_fused._candidates(ks, q.shape[-1], *halo).values())
     ref = _run("gather", q, k, v, rpb, grad, ks, dil, torch.float64, "cpu")
     for i in range(max(len(fwd), len(dq), len(dkdv))):
         chosen = dict(fwd=fwd[i % len(fwd)], dq=dq[i % len(dq)], dkdv=dkdv[i % len(dkdv)])

@@ -84,8 +84,8 @@ def autotune_report(device):
 
     print("== triton autotuner's choices (k=7, head_dim=32; halo 14: dilation-1 layers, 7: k×k sub-grids)", flush=True)
     for halo in (14, 7):
-        for which, name in (("fwd", "na2d_fwd_kernel"), ("dq", "na2d_bwd_dq_kernel"), ("dkdv", "na2d_bwd_dkdv_kernel")):
-            tuner = triton_fused._tuned(name, which, 7, 32, halo, halo)
+        for which in triton_fused._KERNELS:
+            tuner = triton_fused._tuned(which, 7, 32, halo, halo)
             for key, config in getattr(tuner, "cache", {}).items():
                 print(f"  halo {halo} {which:4s} {key}: chose {config}", flush=True)
             for config, ms in (getattr(tuner, "configs_timings", None) or {}).items():

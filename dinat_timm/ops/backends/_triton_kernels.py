@@ -91,10 +91,37 @@ def _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2,
 
 
 @triton.jit
+def _offsets(row, col, s_row, s_col, dilation, a_r, a_c):
+    """Element offsets (int64) of sub-grid (a_r, a_c)'s positions (row, col) in a map of strides (s_row, s_col)."""
+    return (row * dilation + a_r).to(tl.int64) * s_row + (col * dilation + a_c).to(tl.int64) * s_col
+
+
+@triton.jit
 def _load_rows(base, row, col, s_row, s_col, dilation, a_r, a_c, d, mask, BLOCK_D: tl.constexpr, head_dim):
     """Load [n, BLOCK_D] vectors at sub-grid positions (row, col) of sub-grid (a_r, a_c)."""
-    off = (row * dilation + a_r).to(tl.int64) * s_row + (col * dilation + a_c).to(tl.int64) * s_col
+    off = _offsets(row, col, s_row, s_col, dilation, a_r, a_c)
     return tl.load(base + off[:, None] + d[None, :], mask=mask[:, None] & (d[None, :] < head_dim), other=0.0)
+
+
+@triton.jit
+def _store_rows(base, image_head, values, row, col, s_row, s_col, dilation, a_r, a_c, d, mask, head_dim):
+    """Store [n, BLOCK_D] vectors at sub-grid positions (row, col) of sub-grid (a_r, a_c), where ``mask``,
+    in the map ``image_head`` elements past ``base`` (the image's and head's offset)."""
+    off = image_head + _offsets(row, col, s_row, s_col, dilation, a_r, a_c)
+    tl.store(base + off[:, None] + d[None, :], values.to(base.dtype.element_ty),
+             mask=mask[:, None] & (d[None, :] < head_dim))
+
+
+@triton.jit
+def _stat_offsets(b, h, heads, height, width, row, col, dilation, a_r, a_c):
+    """Offsets of positions (row, col) of sub-grid (a_r, a_c) in a ``[B, heads, H, W]`` statistic (lse, delta)."""
+    return ((b * heads + h) * height + row * dilation + a_r) * width + col * dilation + a_c
+
+
+@triton.jit
+def _rpb_head(RPB, h, KS: tl.constexpr):
+    """Head ``h``'s ``(2k-1)²`` bias table."""
+    return RPB + h * (2 * KS - 1) * (2 * KS - 1)
 
 
 @triton.jit
@@ -137,7 +164,7 @@ def na2d_fwd_kernel(
     qr, qc, q_valid, wr, wc = _query_tile(r0, c0, len_r, len_c, TILE_R, TILE_C, KS)
     d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q + b * sqb + h * sqh, qr, qc, sqr, sqc, dilation, a_r, a_c, d, q_valid | True, BLOCK_D, head_dim)
-    rpb_head = RPB + h * (2 * KS - 1) * (2 * KS - 1)
+    rpb_head = _rpb_head(RPB, h, KS)
     halo_r, halo_c = _halo_origin(r0, c0, len_r, len_c, KS)
 
     m_i = tl.full([TILE_R * TILE_C], float("-inf"), tl.float32)
@@ -155,22 +182,16 @@ def na2d_fwd_kernel(
         acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, PRECISION, UPCAST)
         m_i = m_new
 
-    out = acc / l_i[:, None]
-    o_off = b * sob + h * soh + (qr * dilation + a_r).to(tl.int64) * sor + (qc * dilation + a_c).to(tl.int64) * soc
-    tl.store(OUT + o_off[:, None] + d[None, :], out.to(OUT.dtype.element_ty), mask=q_valid[:, None] & (d[None, :] < head_dim))
-    lse_off = ((b * heads + h) * height + qr * dilation + a_r) * width + qc * dilation + a_c
-    tl.store(LSE + lse_off, m_i + tl.log2(l_i), mask=q_valid)
+    _store_rows(OUT, b * sob + h * soh, acc / l_i[:, None], qr, qc, sor, soc, dilation, a_r, a_c, d, q_valid, head_dim)
+    tl.store(LSE + _stat_offsets(b, h, heads, height, width, qr, qc, dilation, a_r, a_c), m_i + tl.log2(l_i), mask=q_valid)
 
 
 @triton.jit
 def _store_key_grads(DK, DV, dk, dv, b, h, kr, kc, valid, dilation, a_r, a_c, d, head_dim,
                      skgb, skgh, skgr, skgc, svgb, svgh, svgr, svgc):
     """Write [n, BLOCK_D] key and value gradients at sub-grid positions (kr, kc) of sub-grid (a_r, a_c)."""
-    mask = valid[:, None] & (d[None, :] < head_dim)
-    pos_r = (kr * dilation + a_r).to(tl.int64)
-    pos_c = (kc * dilation + a_c).to(tl.int64)
-    tl.store(DK + b * skgb + h * skgh + (pos_r * skgr + pos_c * skgc)[:, None] + d[None, :], dk.to(DK.dtype.element_ty), mask=mask)
-    tl.store(DV + b * svgb + h * svgh + (pos_r * svgr + pos_c * svgc)[:, None] + d[None, :], dv.to(DV.dtype.element_ty), mask=mask)
+    _store_rows(DK, b * skgb + h * skgh, dk, kr, kc, skgr, skgc, dilation, a_r, a_c, d, valid, head_dim)
+    _store_rows(DV, b * svgb + h * svgh, dv, kr, kc, svgr, svgc, dilation, a_r, a_c, d, valid, head_dim)
 
 
 @triton.jit
@@ -196,10 +217,10 @@ def na2d_bwd_dq_kernel(
     o = _load_rows(OUT + b * sob + h * soh, qr, qc, sor, soc, dilation, a_r, a_c, d, every, BLOCK_D, head_dim)
     do = _load_rows(DOUT + b * sgb + h * sgh, qr, qc, sgr, sgc, dilation, a_r, a_c, d, every, BLOCK_D, head_dim)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    lse_off = ((b * heads + h) * height + qr * dilation + a_r) * width + qc * dilation + a_c
-    lse = tl.load(LSE + lse_off)
-    tl.store(DELTA + lse_off, delta, mask=q_valid)
-    rpb_head = RPB + h * (2 * KS - 1) * (2 * KS - 1)
+    stat_off = _stat_offsets(b, h, heads, height, width, qr, qc, dilation, a_r, a_c)
+    lse = tl.load(LSE + stat_off)
+    tl.store(DELTA + stat_off, delta, mask=q_valid)
+    rpb_head = _rpb_head(RPB, h, KS)
     halo_r, halo_c = _halo_origin(r0, c0, len_r, len_c, KS)
 
     dq = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
@@ -245,9 +266,7 @@ def na2d_bwd_dq_kernel(
                 per_col = _mma(ds2, col_bins, PRECISION, UPCAST)
                 bins += _mma(row_bins, per_col, PRECISION, UPCAST)
 
-    dq = dq * scale
-    dq_off = b * sdb + h * sdh + (qr * dilation + a_r).to(tl.int64) * sdr + (qc * dilation + a_c).to(tl.int64) * sdc
-    tl.store(DQ + dq_off[:, None] + d[None, :], dq.to(DQ.dtype.element_ty), mask=q_valid[:, None] & (d[None, :] < head_dim))
+    _store_rows(DQ, b * sdb + h * sdh, dq * scale, qr, qc, sdr, sdc, dilation, a_r, a_c, d, q_valid, head_dim)
     if FUSED_KV:  # the key slots of the one chunk, as _key_chunk laid them out
         n = tl.arange(0, CHUNK_R * HALO_C)
         kr = halo_r + n // HALO_C
@@ -265,8 +284,8 @@ def na2d_bwd_dq_kernel(
 
 
 @triton.jit
-def _first_query(key, sub_len, KS: tl.constexpr):
-    # the first query whose window reaches ``key``
+def _first_query(key, KS: tl.constexpr):
+    # the first query whose window reaches ``key`` (the clamp at the start is the only border it meets)
     return tl.where(key - KS + 1 <= 0, 0, key - KS + 1 + KS // 2)
 
 
@@ -290,19 +309,18 @@ def na2d_bwd_dkdv_kernel(
     d = tl.arange(0, BLOCK_D)
     k = _load_rows(K + b * skb + h * skh, kr, kc, skr, skc, dilation, a_r, a_c, d, k_valid, BLOCK_D, head_dim)
     v = _load_rows(V + b * svb + h * svh, kr, kc, svr, svc, dilation, a_r, a_c, d, k_valid, BLOCK_D, head_dim)
-    rpb_head = RPB + h * (2 * KS - 1) * (2 * KS - 1)
+    rpb_head = _rpb_head(RPB, h, KS)
 
     last_r = tl.minimum(r0 + TILE_R, len_r) - 1
     last_c = tl.minimum(c0 + TILE_C, len_c) - 1
-    q_lo_r = _first_query(tl.minimum(r0, len_r - 1), len_r, KS)
+    q_lo_r = _first_query(tl.minimum(r0, len_r - 1), KS)
     q_hi_r = _last_query(last_r, len_r, KS)
-    q_lo_c = _first_query(tl.minimum(c0, len_c - 1), len_c, KS)
+    q_lo_c = _first_query(tl.minimum(c0, len_c - 1), KS)
     q_hi_c = _last_query(last_c, len_c, KS)
 
     m = tl.arange(0, CHUNK_QR * CHUNK_QC)
     q_base = Q + b * sqb + h * sqh
     g_base = DOUT + b * sgb + h * sgh
-    stat_base = (b * heads + h) * height
     dk = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
     dv = tl.zeros([TILE_R * TILE_C, BLOCK_D], tl.float32)
     for row0 in range(q_lo_r, q_hi_r + 1, CHUNK_QR):
@@ -316,10 +334,10 @@ def na2d_bwd_dkdv_kernel(
             wc = _window_start(qc, len_c, KS)
             q = _load_rows(q_base, qr, qc, sqr, sqc, dilation, a_r, a_c, d, q_ok, BLOCK_D, head_dim)
             do = _load_rows(g_base, qr, qc, sgr, sgc, dilation, a_r, a_c, d, q_ok, BLOCK_D, head_dim)
-            stat_off = (stat_base + qr * dilation + a_r) * width + qc * dilation + a_c
+            stat_off = _stat_offsets(b, h, heads, height, width, qr, qc, dilation, a_r, a_c)
             lse = tl.load(LSE + stat_off, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + stat_off, mask=q_ok, other=0.0)
-            # the same scores as the forward, transposed: [keys, queries]
+            # the forward's [queries, keys] scores for this chunk of queries and the tile's keys
             s, inside = _scores_log2(q, k, qr, qc, wr, wc, kr, kc, rpb_head, scale_log2, KS, HAS_RPB, PRECISION, UPCAST)
             p = tl.where(inside & q_ok[:, None] & k_valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
             dv += _mma(tl.trans(p).to(do.dtype), do, PRECISION, UPCAST)

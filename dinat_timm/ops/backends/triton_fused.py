@@ -23,6 +23,8 @@ COMPILES = True  # custom ops with fake implementations: no graph break
 MAX_HEAD_DIM = 128
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TILE = 8  # query (forward, dQ) and key (dK/dV) tiles are 8×8 positions of one dilation sub-grid
+# The kernels, by the name their launch configurations and candidates go by.
+_KERNELS = {"fwd": "na2d_fwd_kernel", "dq": "na2d_bwd_dq_kernel", "dkdv": "na2d_bwd_dkdv_kernel"}
 
 
 def available() -> Optional[str]:
@@ -105,14 +107,13 @@ def _config(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int) -> 
     """The configuration used where nothing is timed (Triton's interpreter, or
     ``DINAT_TRITON_AUTOTUNE=0``): each kernel's first candidate, the one an H200 picked at DiNAT's
     k=7, head_dim=32 in bf16 among the plain (no register cap, one stage) configurations."""
-    fwd, dq, dkdv = _candidates(kernel_size, head_dim, halo_rows, halo_cols)
-    return dict(fwd=fwd[0], dq=dq[0], dkdv=dkdv[0])
+    return {which: configs[0] for which, configs in _candidates(kernel_size, head_dim, halo_rows, halo_cols).items()}
 
 
 @functools.lru_cache(maxsize=None)
-def _candidates(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int):
-    """Launch configurations worth timing, per kernel, for halos of ``halo_rows × halo_cols``
-    positions (``_halo_extent``).
+def _candidates(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int) -> dict:
+    """Launch configurations worth timing, per kernel (``{"fwd": [...], "dq": [...], "dkdv": [...]}``),
+    for halos of ``halo_rows × halo_cols`` positions (``_halo_extent``).
 
     Queries (forward, dQ) and keys (dK/dV) come in 8×8 tiles; the forward and dQ read the key
     halo (``HALO_C`` columns, a power of two) ``CHUNK_R`` rows at a time. The kernels hold many
@@ -159,7 +160,7 @@ def _candidates(kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int)
     query_cols = min(16, halo_c)
     kv = dict(TILE_R=_TILE, TILE_C=_TILE, CHUNK_QR=64 // query_cols, CHUNK_QC=query_cols, BLOCK_D=block_d)
     dkdv = [config(kv, 4), config(kv, 4, maxnreg=128), config(kv, 8, maxnreg=128), config(kv, 4, stages=2, maxnreg=128)]
-    return unique(fwd), dq, dkdv
+    return dict(fwd=unique(fwd), dq=dq, dkdv=dkdv)
 
 
 def _autotuning(t: torch.Tensor) -> bool:
@@ -167,28 +168,31 @@ def _autotuning(t: torch.Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kernel_name: str, which: str, kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int):
+def _tuned(which: str, kernel_size: int, head_dim: int, halo_rows: int, halo_cols: int):
     """The kernel wrapped in Triton's autotuner over this shape's candidates, timed at first use
     of each map size, dilation, head_dim and dtype (each of DiNAT's stage shapes gets its own
     choice). Every candidate writes all its outputs without accumulating, so the autotuner's
     repeated runs leave nothing behind."""
     import triton
 
-    index = {"fwd": 0, "dq": 1, "dkdv": 2}[which]
     configs = [triton.Config(c["meta"], num_warps=c["num_warps"], num_stages=c["num_stages"], maxnreg=c["maxnreg"])
-               for c in _candidates(kernel_size, head_dim, halo_rows, halo_cols)[index]]
+               for c in _candidates(kernel_size, head_dim, halo_rows, halo_cols)[which]]
     key = ["height", "width", "dilation", "head_dim", "HAS_RPB"]
-    return triton.autotune(configs=configs, key=key)(getattr(_kernels(), kernel_name))
+    return triton.autotune(configs=configs, key=key)(getattr(_kernels(), _KERNELS[which]))
 
 
-def _launch(kernel_name: str, which: str, grid, args, constexprs: dict, probe: torch.Tensor, dilation: int):
+def _launch(which: str, grid, args, constexprs: dict, probe: torch.Tensor, dilation: int):
+    """Launch kernel ``which`` ("fwd", "dq", "dkdv"): autotuned on a GPU, else its first candidate as it is."""
     kernel_size, head_dim = constexprs["KS"], probe.shape[-1]
     halo = _halo(probe, dilation, kernel_size)
     if _autotuning(probe):
-        _tuned(kernel_name, which, kernel_size, head_dim, *halo)[grid](*args, **constexprs)
+        _tuned(which, kernel_size, head_dim, *halo)[grid](*args, **constexprs)
     else:
         cfg = _config(kernel_size, head_dim, *halo)[which]
-        getattr(_kernels(), kernel_name)[grid](*args, **constexprs, **cfg["meta"], num_warps=cfg["num_warps"], num_stages=1)
+        options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        if cfg["maxnreg"]:
+            options["maxnreg"] = cfg["maxnreg"]
+        getattr(_kernels(), _KERNELS[which])[grid](*args, **constexprs, **cfg["meta"], **options)
     # (the interpreter ignores warps, stages and register caps)
 
 
@@ -255,7 +259,7 @@ def na2d_fwd(
             heads, height, width, head_dim, dilation, tiles_r, tiles_c, scale * _kernels().LOG2E.value)
     constexprs = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), UPCAST=_upcast(q.dtype))
     with _device_guard(q):
-        _launch("na2d_fwd_kernel", "fwd", grid, args, constexprs, q, dilation)
+        _launch("fwd", grid, args, constexprs, q, dilation)
     return out_buffer, lse
 
 
@@ -291,12 +295,12 @@ def na2d_bwd(
         dq_args = (q, k, v, table, out, grad_out, lse, delta, dq, partial, dk, dv,
                    *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out), *_strides(dq),
                    *_strides(dk), *_strides(dv), *shape_args)
-        _launch("na2d_bwd_dq_kernel", "dq", grid, dq_args,
+        _launch("dq", grid, dq_args,
                 dict(flags, RPB_GRAD=rpb_grad, SPLIT_BINS=q.dtype != torch.float32), q, dilation)
         if not _one_tile_per_sub_grid(*_halo(q, dilation, kernel_size)):  # else the dQ pass wrote dK and dV
             dkdv_args = (q, k, v, table, grad_out, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v),
                          *_strides(grad_out), *_strides(dk), *_strides(dv), *shape_args)
-            _launch("na2d_bwd_dkdv_kernel", "dkdv", grid, dkdv_args, flags, q, dilation)
+            _launch("dkdv", grid, dkdv_args, flags, q, dilation)
     if rpb_grad:
         drpb = partial.view(batch, heads, -1, span, span).sum((0, 2))
         drpb = drpb.to(rpb.dtype)
