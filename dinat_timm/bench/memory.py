@@ -24,7 +24,7 @@ from .steps import StepConfig, inference_step, train_step
 _MB = 1024 * 1024
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -46,9 +46,9 @@ def _measure_here(cfg: StepConfig, mode: str) -> float:
         return (torch.cuda.max_memory_allocated() - before) / _MB
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     step()
-    return (_status_kb("VmHWM") - before) / 1024
+    return (status_kb("VmHWM") - before) / 1024
 
 
 def peak_memory_mb(cfg: StepConfig, mode: str, timeout: float = 900) -> float:

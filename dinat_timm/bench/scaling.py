@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import timm
 import torch
 
+from .memory import status_kb
 from .steps import DTYPES, is_dinat_model
 
 CPU_SIZES = (224, 320, 448)
@@ -119,14 +120,6 @@ def _return_freed_memory_to_the_os() -> None:
             libc.malloc_trim(0)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_memory_mb(step: Callable[[], None], device: str) -> Optional[float]:
     """MiB one ``step`` needs beyond what is allocated before it: the CUDA allocator's peak, or on CPU
     the growth of the resident set's high-water mark (Linux; None elsewhere). Run after a warm-up."""
@@ -141,8 +134,8 @@ def peak_memory_mb(step: Callable[[], None], device: str) -> Optional[float]:
         _return_freed_memory_to_the_os()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
-        before = _status_kb("VmRSS")
+        before = status_kb("VmRSS")
     except OSError:
         return None
     step()
-    return (_status_kb("VmHWM") - before) / 1024
+    return (status_kb("VmHWM") - before) / 1024
