@@ -8,6 +8,7 @@
 #   OUT=/tmp/out DINAT_TIMM_COMMIT=$(git rev-parse --short HEAD) bash tools/gpu_session.sh 540
 #   DEVICE=cpu QUICK=1 bash tools/gpu_session.sh 300      # dry run on a CPU
 #   PLAN=retune ...                                         # after changing the triton kernels or launch candidates
+#   PLAN=window ...                                         # the window layout against triton (issue 16), and scaling
 set -u
 BUDGET=${1:-540}
 START=$(date +%s)
@@ -42,9 +43,11 @@ BENCH=($PY -m pytest --benchmark-only -q -p no:cacheprovider --device "$DEVICE" 
 if [ "${QUICK:-0}" = 1 ]; then  # dry run: small sizes, few rounds
     OPS=(--op-batch-size 2 --rounds 2 --warmup 1 -k "stage3")
     THR=(--batch-size 2 --rounds 2 --warmup 1 --models dinat_mini)
+    SCALE=(--scaling-models nat_mini,convnext_tiny --scaling-sizes 64,96 --scaling-rounds 1)
 else
     OPS=(--op-batch-size 64 --rounds 20 --warmup 5)
     THR=(--batch-size 128 --rounds 10 --warmup 3 --models dinat_tiny)
+    SCALE=(--scaling-batch-size 8 --scaling-rounds 5)
 fi
 
 case "${PLAN:-full}" in
@@ -67,6 +70,15 @@ retune)  # after changing the kernels or their launch candidates: speed first, t
         -k "infer or (train and not tiled)"
     step checks 60 $PY tools/gpu_checks.py --device "$DEVICE" --quick
     step candidates 45 $PY -m pytest tests/test_triton_backend.py -q -x -p no:cacheprovider -k every_launch
+    ;;
+window)  # DiNAT's k×k-sub-grid layers as window attention against triton, then how the cost grows with the image
+    step ops 110 "${BENCH[@]}" benchmarks/test_op_speed.py --op-backends triton,window,tiled --op-dtypes bf16 "${OPS[@]}"
+    step throughput 100 "${BENCH[@]}" benchmarks/test_throughput.py --reference-models swin_tiny_patch4_window7_224 \
+        --dtypes bf16 --backends auto,window:auto "${THR[@]}"
+    step compiled 140 "${BENCH[@]}" benchmarks/test_throughput.py --compile 1 \
+        --reference-models swin_tiny_patch4_window7_224 --dtypes bf16 --backends auto,window:auto "${THR[@]}"
+    step scaling 100 "${BENCH[@]}" benchmarks/test_scaling.py --dtypes bf16 "${SCALE[@]}"
+    step checks 50 $PY tools/gpu_checks.py --device "$DEVICE" --quick
     ;;
 esac
 
