@@ -80,6 +80,7 @@ def test_the_card_is_a_hub_model_card_a_person_would_read(tmp_path):
         assert needed in text, needed
 
 
+@pytest.mark.full  # every tag
 def test_export_all_dry_runs_over_every_tag_without_downloading(tmp_path, hf_cache, torch_hub_dir, capsys):
     table = tag_table()
     assert len(table) == len(pretrained_tags()) == 25

@@ -15,6 +15,8 @@ from dinat_timm.ops import neighborhood_attention_2d
 from dinat_timm.ops.chooser import why_not
 from dinat_timm.ops.testing import outputs_and_grads
 
+from _helpers import fixture
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _probe = torch.empty(1, 1, 9, 9, 16, device=DEVICE)
 pytestmark = pytest.mark.skipif(why_not("triton", _probe, None, True) is not None,
@@ -76,8 +78,8 @@ def test_half_precision_is_as_close_as_the_other_backends(dtype):
         assert (g - r).abs().max() / scale <= 2 * (s - r).abs().max() / scale + 1e-3, name
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 24, 17, 16, 7, 1), (1, 1, 14, 14, 16, 7, 2), (1, 1, 24, 20, 16, 13, 1)],
-                         ids=_shape_id)
+@pytest.mark.parametrize("shape", [(1, 1, 24, 17, 16, 7, 1), (1, 1, 14, 14, 16, 7, 2),
+                                   pytest.param((1, 1, 24, 20, 16, 13, 1), marks=pytest.mark.full)], ids=_shape_id)
 def test_every_launch_candidate_is_exact(shape, monkeypatch):
     """On a GPU the autotuner may pick any candidate configuration (chunk sizes, whole-halo
     forward, bias bins, query chunks), so each must be exact, not only the first one the other
@@ -108,11 +110,17 @@ def unique_meta(configs):
     return list(seen.values())
 
 
-def test_natten_fixture_cases_forward_and_backward():
-    """NATTEN 0.17.5's own outputs and gradients (the reference data), through the fused kernels."""
-    from _helpers import fixture
+NATTEN_CASES = fixture("na2d_natten.pt")["cases"]
+# in the fast loop, the cases that between them hold every kernel size (3, 5, 7, 11), dilations 1 and 3, a
+# non-square map and a call without bias; the other six (the same code at other sizes) with --full
+FAST_CASES = {0, 2, 3, 5, 8}
 
-    for case in fixture("na2d_natten.pt")["cases"]:
+
+@pytest.mark.parametrize("index", [i if i in FAST_CASES else pytest.param(i, marks=pytest.mark.full)
+                                   for i in range(len(NATTEN_CASES))])
+def test_natten_fixture_cases_forward_and_backward(index):
+    """NATTEN 0.17.5's own outputs and gradients (the reference data), through the fused kernels."""
+    for case in [NATTEN_CASES[index]]:
         q, k, v = (case[n].to(DEVICE).clone().requires_grad_() for n in "qkv")
         rpb = None if case["rpb"] is None else case["rpb"].to(DEVICE).clone().requires_grad_()
         out = neighborhood_attention_2d(q, k, v, case["kernel_size"], case["dilation"], rpb, backend="triton")
