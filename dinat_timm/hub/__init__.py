@@ -23,10 +23,9 @@ import timm
 import torch
 
 from .. import __version__
-from ..models._checkpoint import WeightSources
+from ..models._weights import WeightSources
 
 ROOT = Path(__file__).resolve().parents[2]
-TAGS_CSV = Path(__file__).with_name("tags.csv")
 FILES = ("model.safetensors", "config.json", "README.md")  # what an export holds: no pickle among them
 
 CITATION = [
@@ -158,15 +157,16 @@ def _measured(arch: str, results_dir: Optional[Path]) -> Dict[str, object]:
     return found
 
 
-def model_card(model: torch.nn.Module, tag: str, repo_id: Optional[str] = None, results_dir=None,
+def model_card(model: torch.nn.Module, tag: str, repo_id: Optional[str] = None, measured: Optional[dict] = None,
                gmacs: Optional[float] = None) -> dict:
-    """The card as ``timm.models.generate_readme`` takes it (metadata, details, usage, comparison, citation)."""
+    """The card as ``timm.models._hub.generate_readme`` takes it (metadata, details, usage, comparison,
+    citation); ``measured``: ``_measured``'s rows (none by default); ``gmacs`` when they have none."""
     from ..results.boards import paper_table
 
     arch, cfg = tag.split(".")[0], model.pretrained_cfg
     repo = repo_id or f"<user>/{tag}"
-    measured = _measured(arch, _results_dir(results_dir))
-    gmacs = gmacs if gmacs is not None else measured["gmacs"]
+    measured = measured or dict(gmacs=None, speed=[], top1=[])
+    gmacs = measured["gmacs"] if measured["gmacs"] is not None else gmacs
     paper = paper_table().set_index("model")
     sources = WeightSources(cfg.get("hf_hub_id"), cfg.get("url"))
     pretrain = "ImageNet-22k" if "in22k" in tag else "ImageNet-1k"
@@ -280,10 +280,11 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
     result = Export(tag, Path(out_dir) if out_dir else None, source)
     with tempfile.TemporaryDirectory() as tmp:
         result.config = _config(model, Path(tmp))
+    measured = _measured(tag.split(".")[0], _results_dir(results_dir))
     gmacs = None
-    if not dry_run and _measured(tag.split(".")[0], _results_dir(results_dir))["gmacs"] is None:
+    if not dry_run and measured["gmacs"] is None:  # measured here, as the suite does (through exact gather)
         gmacs = count_gmacs(tag.split(".")[0], model.pretrained_cfg["input_size"][-1])
-    result.card = generate_readme(model_card(model, tag, repo_id, results_dir, gmacs), tag)
+    result.card = generate_readme(model_card(model, tag, repo_id, measured, gmacs), tag)
     if dry_run:
         result.files = {name: 0 for name in FILES}
         return result

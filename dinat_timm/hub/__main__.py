@@ -47,7 +47,8 @@ def _describe(result, dry_run: bool) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import HubError, check_config, export, pretrained_tags, push, tag_table
-    from ..models._checkpoint import CheckpointMismatchError, CorruptCheckpoint, PretrainedWeightsUnavailable
+    from ..models._checkpoint import CheckpointMismatchError
+    from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable
 
     refusals = (HubError, CheckpointMismatchError, CorruptCheckpoint, PretrainedWeightsUnavailable)
     try:
