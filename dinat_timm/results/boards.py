@@ -300,14 +300,6 @@ def read_raw(results_dir) -> Tuple[Dict[str, pd.DataFrame], List[str]]:
     return tables, problems
 
 
-def raw_rows(results_dir, name: str) -> pd.DataFrame:
-    """``name``'s rows in ``results_dir`` and its run directories (refused if any file is malformed)."""
-    tables, problems = read_raw(results_dir)
-    if problems:
-        raise BoardsRefused(problems)
-    return tables[name]
-
-
 def build_boards(results_dir, include_flagged: bool = False) -> dict:
     """Rebuild the leaderboards, ``LEADERBOARD.md`` and the plot under ``results_dir`` from its raw CSVs
     and those of the run directories under it, all together or not at all: every raw CSV is checked

@@ -63,14 +63,6 @@ def parse_top1_drop(text) -> Tuple[Optional[float], Optional[str]]:
     return value, None
 
 
-def parse_fraction(text) -> float:
-    """'10%' or '0.1' -> 0.1 (raises ValueError with the reason otherwise)."""
-    value, problem = parse_slowdown(text)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
 def _relative(df: pd.DataFrame, reference: str, metrics: List[str]) -> pd.DataFrame:
     """Each speed metric divided by the reference model's, measured on the same machine with the same
     batch, size, dtype and mode (the model's own attention backend and weights do not matter).
