@@ -39,7 +39,7 @@ def test_two_processes_appending_hundreds_of_rows_keep_every_row(tmp_path):
     table = read_csv(path)
     assert len(table) == 2 * ROWS_EACH
     assert sorted(zip(table["model"], table["i"])) == sorted((f"w{w}", i) for w in range(2) for i in range(ROWS_EACH))
-    assert not list(tmp_path.glob("*.tmp"))  # (the lock itself, .throughput.csv.lock, stays: removing it races)
+    assert not list(tmp_path.glob("*.tmp"))  # (the directory's lock file, .dinat_timm.lock, stays: removing it races)
 
 
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_writer(tmp_path):

@@ -1,7 +1,8 @@
 """The one CSV writer every benchmark suite goes through.
 
 Every change to a CSV (appending rows, flagging a row already written, rebuilding a board) holds an
-exclusive lock on that file across processes (``filelock``; ``.NAME.lock`` beside it while held), reads
+exclusive lock on its directory across processes (``filelock``; one ``.dinat_timm.lock`` file per
+directory, which stays: removing a lock file others may be waiting on would let two writers in), reads
 the file as it is now, and replaces it whole: the new table goes to a temporary file in the same
 directory, is flushed, and is renamed over the old one. So:
 
@@ -46,20 +47,29 @@ def read_csv(path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+LOCK_NAME = ".dinat_timm.lock"
+
+
 @contextlib.contextmanager
-def locked(path):
-    """Hold ``path``'s cross-process write lock (the same lock whichever process, thread or call asks)."""
+def _directory_locked(directory: Path):
     from filelock import FileLock, Timeout
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK_NAME), timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
-            yield path
+            yield
     except Timeout as e:
-        raise CsvWriteError(f"{path}: another process has held its write lock for over {LOCK_TIMEOUT_S:.0f} s "
-                            f"(remove {lock.lock_file} if no writer is running)") from e
+        raise CsvWriteError(f"{directory}: another process has held its results' write lock for over "
+                            f"{LOCK_TIMEOUT_S:.0f} s (remove {lock.lock_file} if no writer is running)") from e
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold the cross-process write lock of ``path``'s directory (not re-entrant: take it once)."""
+    path = Path(path)
+    with _directory_locked(path.parent):
+        yield path
 
 
 def _check_target(path: Path) -> None:
@@ -124,8 +134,8 @@ def replace_together(outputs: Mapping) -> None:
     outputs = {Path(p): content for p, content in outputs.items()}
     paths = sorted(outputs)
     with contextlib.ExitStack() as stack:
-        for path in paths:
-            stack.enter_context(locked(path))
+        for directory in sorted({path.parent for path in paths}):
+            stack.enter_context(_directory_locked(directory))
         staged = []
         try:
             for path in paths:
