@@ -66,6 +66,7 @@ def _group(item) -> tuple:
     return suite, str(subject), str(params.get("mode", ""))
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m: the counts in the summary are of what was asked for
 def pytest_collection_modifyitems(session, config, items):
     """Drop the operator suite's combinations the options do not ask for, and those the device cannot
     run (counted, with the reason, in the end-of-run summary), so the progress count and the time
