@@ -339,3 +339,16 @@ def test_a_named_file_is_loaded_whatever_the_caches_hold(tmp_path, hf_cache, tor
                               **small_kwargs(HF["config"])).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(HF["input"]), HF["logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_the_loaded_weights_are_not_kept_a_second_time_in_the_cfg(tmp_path, features_only):
+    """The checkpoint is read here and handed to timm as a state dict; once in the model, no cfg (the
+    features_only wrapper's inner model's included) keeps that copy, only the file's name."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(serialized(UPSTREAM["state_dict"]))
+    model = timm.create_model("dinat_tiny", pretrained=True, features_only=features_only,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=10), **small_kwargs(UPSTREAM["config"]))
+    cfgs = [getattr(m, a) for m in model.modules() for a in ("pretrained_cfg", "default_cfg") if isinstance(getattr(m, a, None), dict)]
+    assert cfgs and not any("state_dict" in cfg for cfg in cfgs)
+    assert model.pretrained_cfg["file"] == str(path)

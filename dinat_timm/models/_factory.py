@@ -52,9 +52,11 @@ def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num
         model = build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs
         )
-        for cfg in {id(c): c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
-                    if isinstance(c, dict)}.values():
-            cfg.pop("state_dict", None)  # the weights are in the model; the cfg keeps the file's name
+        for module in model.modules():  # a features_only wrapper's model has its own cfg
+            for attr in ("pretrained_cfg", "default_cfg"):
+                cfg = getattr(module, attr, None)
+                if isinstance(cfg, dict):
+                    cfg.pop("state_dict", None)  # the weights are in the model (a second copy otherwise); the file's name stays
         return model
     except CheckpointMismatchError as e:
         if source and source not in str(e):
