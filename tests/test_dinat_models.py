@@ -321,6 +321,8 @@ def test_offline_without_weights_fails_at_once_naming_files_caches_urls_and_the_
     assert "https://huggingface.co/shi-labs/dinat-tiny-in1k-224/resolve/main/pytorch_model.bin" in message
     assert "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth" in message
     assert "pretrained_cfg_overlay=dict(file=" in message
+    # the Hub's current command line (huggingface_hub no longer installs huggingface-cli)
+    assert "(hf download shi-labs/dinat-tiny-in1k-224 pytorch_model.bin)" in message and "huggingface-cli" not in message
 
 
 def test_offline_the_original_pth_is_the_fallback_for_a_tag_whose_first_source_is_the_hub(hf_cache, torch_hub_dir):

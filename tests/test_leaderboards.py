@@ -126,3 +126,48 @@ def test_a_run_says_why_each_group_did_not_run_and_ends_on_its_own_lines(tmp_pat
     assert closing and tables and closing[0] > tables[-1]
     rows = read_csv(tmp_path / "op_speed.csv")
     assert set(rows["backend"]) == {"tiled", "windowed_sdpa"} and rows["run_id"].nunique() == 1
+
+
+FLAGGED_SUITE = """
+def test_infer(benchmark, leaderboard):
+    benchmark.pedantic(lambda: None, rounds=1)
+    leaderboard.record("throughput.csv", flag="noisy: outside CPU load 0.49 > 0.25", suite="throughput", model="m",
+                       dtype="fp32", infer_batch_size=8, infer_img_size=224, infer_samples_per_sec=1.0)
+
+def test_train(benchmark, leaderboard):
+    benchmark.pedantic(lambda: None, rounds=1)
+    leaderboard.record("throughput.csv", suite="throughput", model="m", dtype="fp32", train_batch_size=8,
+                       train_img_size=224, train_samples_per_sec=2.0)
+"""
+
+
+def test_the_warning_and_the_csv_say_the_same_flags(pytester):
+    """A row flagged noisy, then found impossible by a later row (a training step faster than its
+    inference): the CSV keeps both reasons, and the end-of-run warning says what the CSV says."""
+    pytester.makepyfile(conftest=(ROOT / "benchmarks" / "conftest.py").read_text(), test_flags=FLAGGED_SUITE)
+    results = pytester.path / "results"
+    run = subprocess.run([sys.executable, "-m", "pytest", "test_flags.py", "--benchmark-only", f"--results-dir={results}",
+                          "-p", "no:cacheprovider"], cwd=pytester.path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert run.returncode == 0, run.stdout[-3000:]
+    flags = read_csv(results / "throughput.csv")["flag"].tolist()
+    assert flags[0].startswith("noisy: outside CPU load 0.49 > 0.25; impossible: training step 2 img/s")
+    assert flags[1].startswith("impossible: training step 2 img/s")
+    warned = [line.strip() for line in run.stdout.splitlines() if line.strip().startswith("throughput.csv: m ")]
+    assert [line.split(": ", 2)[2] for line in warned] == flags
+
+
+def test_the_docs_say_the_defaults_the_suite_has():
+    from dinat_timm.bench.options import OPTIONS, PRESETS
+    from dinat_timm.bench.steps import model_input_size
+
+    readme = (ROOT / "README.md").read_text()
+    assert OPTIONS["op-backends"][0] == "triton,tiled,natten_legacy"
+    assert "the `triton`, `tiled` and `natten_legacy`\noperators where they can run on the device" in readme
+    assert PRESETS["full"]["scaling-rounds"] == "5" and "five scaling rounds" in readme
+    # memory rows name their image size as a number (a model's pretrained size: 384 for the 384 models)
+    assert model_input_size("dinat_large_384") == 384 and model_input_size("dinat_tiny") == 224
+    from dinat_timm.results.validate import load_checked
+
+    memory, problems = load_checked(ROOT / "results" / "memory.csv")
+    assert not problems and memory["img_size"].dtype.kind in "if"
