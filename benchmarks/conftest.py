@@ -44,11 +44,13 @@ def pytest_configure(config):
     run_id = f"{socket.gethostname()}-{stamp}"
     options.run_results_dir = str(COMMITTED / "runs" / run_id)
     config.stash[_SESSION_KEY] = BenchSession(options, run_id)
-    # pytest-benchmark's own table repeats what the progress lines and CSVs say; keep it narrow
-    # (its default is ten columns wide, with ratios that read "(inf)" for single-round tests)
-    if config.getoption("benchmark_columns", None) == ["min", "max", "mean", "stddev", "median", "iqr", "outliers",
-                                                       "ops", "rounds", "iterations"]:
+    # pytest-benchmark's own table repeats what the progress lines and CSVs say; keep it narrow, one
+    # table per suite (its default is ten columns wide, with ratios that read "(inf)" for single-round
+    # tests), unless the command line asks for its own columns or grouping
+    asked = " ".join(config.invocation_params.args)
+    if hasattr(config.option, "benchmark_columns") and "--benchmark-columns" not in asked:
         config.option.benchmark_columns = ["median", "rounds"]
+    if hasattr(config.option, "benchmark_group_by") and "--benchmark-group-by" not in asked:
         config.option.benchmark_group_by = "func"
 
 

@@ -14,6 +14,7 @@
 #   tools/build_legacy_natten.sh 0.15.1                 # CPU (or the GPU present)
 #   tools/build_legacy_natten.sh 0.15.1 "8.0;9.0"       # A100 and H100/H200 kernels
 #   DRY_RUN=1 tools/build_legacy_natten.sh 0.17.5 9.0   # print the build settings only
+#   FORCE=1 tools/build_legacy_natten.sh 0.15.1         # build again, though that version is installed
 set -euo pipefail
 version="${1:?usage: $0 NATTEN_VERSION [CUDA_ARCH_LIST] (e.g. 0.15.1 \"8.0;9.0\")}"
 arch_list="${2:-${NATTEN_CUDA_ARCH:-}}"
@@ -33,6 +34,11 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     exit 0
 fi
 python=${PYTHON:-python}
+installed=$("$python" -c "import importlib.metadata as m; print(m.version('natten'))" 2>/dev/null || true)
+if [ "${installed%%+*}" = "$version" ] && [ "${FORCE:-0}" != 1 ]; then  # tox runs this before every test run
+    echo "natten $installed is already installed here (FORCE=1 builds it again)"
+    exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
