@@ -92,7 +92,7 @@ def _run(args) -> int:
     # imported here, not at the top: --help and usage errors should not wait for pandas
     from .boards import build_boards, merge
     from .compare import run as run_compare
-    from .writer import append_rows, read_csv, rows_from_benchmark_json
+    from .writer import append_rows, rows_from_benchmark_json
 
     if args.command == "compare":
         return run_compare(args.base, args.new, args.max_slowdown, args.max_top1_drop, args.relative_to,
@@ -100,8 +100,7 @@ def _run(args) -> int:
                            args.require_same_rows)
     if args.command == "merge":
         _existing_files(args.inputs)
-        table = merge(args.inputs, args.out)  # checks every input first
-        total = sum(len(read_csv(p)) for p in args.inputs)
+        table, total = merge(args.inputs, args.out)  # checks every input first
         print(f"{args.out}: kept {len(table)} of {total} rows from {len(args.inputs)} file(s), the latest row of each "
               f"configuration per device, torch and NATTEN version ({total - len(table)} earlier duplicates dropped)")
     elif args.command == "boards":

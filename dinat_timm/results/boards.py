@@ -57,10 +57,10 @@ class BoardsRefused(ValueError):
         super().__init__("; ".join(self.problems))
 
 
-def merge(paths: Iterable, out=None) -> pd.DataFrame:
+def merge(paths: Iterable, out=None) -> Tuple[pd.DataFrame, int]:
     """Concatenate CSVs from several machines / NATTEN versions into one board (the latest row of
-    each configuration per device, torch and NATTEN version). Every input is checked first; the
-    columns of header-only inputs are kept."""
+    each configuration per device, torch and NATTEN version); returns it and the rows read. Every
+    input is checked first; the columns of header-only inputs are kept."""
     frames, problems = [], []
     for path in paths:
         frame, found = load_checked(path)
@@ -74,7 +74,7 @@ def merge(paths: Iterable, out=None) -> pd.DataFrame:
     table = table.reindex(columns=columns + [c for c in table.columns if c not in columns])
     if out is not None:
         write_csv_atomic(table, out)
-    return table
+    return table, sum(len(f) for f in frames)
 
 
 def paper_table() -> pd.DataFrame:
