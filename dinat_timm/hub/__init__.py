@@ -51,15 +51,11 @@ class HubError(RuntimeError):
 # -- the tags ---------------------------------------------------------------------------------------------
 
 
-def _is_ours(arch: str) -> bool:
-    from ..bench.steps import is_dinat_model
-
-    return is_dinat_model(arch)
-
-
 def pretrained_tags() -> List[str]:
     """Every pretrained tag this version registers (``dinat_tiny.in1k`` …)."""
-    return sorted(t for t in timm.list_pretrained() if _is_ours(t.split(".")[0]))
+    from ..bench.steps import is_dinat_model
+
+    return sorted(t for t in timm.list_pretrained() if is_dinat_model(t.split(".")[0]))
 
 
 def tag_table() -> pd.DataFrame:
