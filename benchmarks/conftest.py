@@ -199,6 +199,9 @@ def leaderboard(request):
             request.node._leaderboard_written = True
             return row
 
+        def record_detail(self, csv_name, rows):
+            bench.record_detail(csv_name, rows)
+
     return Recorder()
 
 

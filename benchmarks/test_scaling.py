@@ -8,7 +8,8 @@ the tokens (``leaderboard_scaling.csv``, ``scaling.png``, and a table in ``LEADE
 import pytest
 import torch
 
-from dinat_timm.bench.scaling import build_backbone, peak_memory_mb, scaling_batch, step_fn, tokens
+from dinat_timm.bench.memory import step_peak_memory
+from dinat_timm.bench.scaling import build_backbone, scaling_batch, step_fn, tokens
 from dinat_timm.bench.session import measure
 from dinat_timm.bench.steps import is_dinat_model
 
@@ -27,9 +28,9 @@ def test_scaling(benchmark, leaderboard, bench_options, scaling_model, img_size,
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     step = step_fn(backbone, x, mode, dtype)
     measured = measure(benchmark, step, device, bench_options.int("scaling-rounds", 1), warmup=1)
-    memory = peak_memory_mb(step, device)
+    memory = step_peak_memory(step, device)
     row = dict(columns, dilations=dilations, tokens=tokens(backbone, img_size),
                samples_per_sec=round(batch / measured.seconds, 3), step_time=round(measured.seconds * 1e3, 3),
-               peak_mem_mb=None if memory is None else round(memory, 1))
+               peak_mem_mb=round(memory.mb, 1), method=memory.method)
     benchmark.extra_info.update(row)
     leaderboard.record(CSV, measured=measured, **row)

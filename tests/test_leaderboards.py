@@ -31,7 +31,8 @@ def test_leaderboard_md_has_a_table_per_device_dtype_and_mode_with_ratios_to_swi
             + _speed("nat_tiny", "cpu (x)", "fp32", 0, 11, 3, "cpu-2"))
     append_rows(tmp_path / "throughput.csv", rows)
     append_rows(tmp_path / "memory.csv", [dict(suite="memory", model="dinat_tiny", device="NVIDIA H200", dtype="bf16",
-                                               mode="train", batch=128, img_size=224, peak_mem_mb=9551.0)])
+                                               mode="train", batch=128, img_size=224, peak_mem_mb=9551.0,
+                                               method="cuda.max_memory_allocated")])
     build_boards(tmp_path)
     md = (tmp_path / "LEADERBOARD.md").read_text()
     for title in ("### NVIDIA H200 · bf16 · eager", "### NVIDIA H200 · bf16 · compiled", "### cpu (x) · fp32 · eager"):
@@ -67,12 +68,18 @@ def test_growth_exponents_are_the_slopes_of_the_log_log_fit():
         growth_exponent([3136, 12544], [1.0, 2.0]))
     rows = pd.DataFrame([dict(suite="scaling", status="ok", model=m, mode="forward", device="cpu", dtype="fp32",
                               backend="auto", batch_size=2, img_size=s, tokens=(s // 4) ** 2, dilations="-",
-                              step_time=2 * ((s // 4) ** 2) ** p / 1000, peak_mem_mb=((s // 4) ** 2) ** p / 100)
+                              step_time=2 * ((s // 4) ** 2) ** p / 1000, peak_mem_mb=((s // 4) ** 2) ** p / 100,
+                              method="allocator events (torch.profiler)")
                          for m, p in (("linear", 1.0), ("quadratic", 2.0)) for s in (224, 320, 448)])
     board = scaling_board(rows)
     fits = board.drop_duplicates("model").set_index("model")
     assert fits.loc["linear", "time_exponent"] == pytest.approx(1.0) and fits.loc["quadratic", "memory_exponent"] == pytest.approx(2.0)
     assert fits.loc["linear", "sizes"] == "224, 320, 448"
+    # rows that read the resident set (no method, or another one) give time but no memory exponent
+    for method in (None, "VmHWM-VmRSS in a fresh process"):
+        fits = scaling_board(rows.assign(method=method)).drop_duplicates("model").set_index("model")
+        assert fits.loc["quadratic", "time_exponent"] == pytest.approx(2.0)
+        assert pd.isna(fits.loc["quadratic", "memory_exponent"]) and fits["peak_mem_mb"].isna().all()
 
 
 def test_dilations_follow_the_published_configs_at_each_size():

@@ -39,6 +39,8 @@ OPTIONS = {
     "scaling-rounds": ("2", "timed rounds per size in the scaling suite (after one warm-up)"),
     "rounds": ("5", "timed rounds per benchmark"),
     "warmup": ("2", "untimed warm-up rounds per benchmark"),
+    "memory-breakdown": ("0", "1: the memory suite also writes which blocks hold the bytes alive at each row's peak "
+                              "(memory_breakdown.csv)"),
     "max-samples": ("0", "stop accuracy after this many images (0 = all)"),
     "skip-unreadable": ("0", "1: skip images that cannot be decoded (counted and named in the row, which is flagged); "
                              "0: an unreadable image fails the accuracy row"),

@@ -4,23 +4,19 @@ DiNAT's main use is as a detection and segmentation backbone (UperNet, Mask R-CN
 512–1333 px, where neighborhood and window attention grow linearly with the tokens and global
 attention quadratically. Each model runs as timm's ``features_only`` backbone, forward and a
 training step (forward, a loss on every feature map, backward, AdamW), at square sizes; peak memory
-is what the step needs beyond what was allocated before it.
+is ``dinat_timm.bench.memory``'s, as in the memory suite.
 
 At sizes where DiNAT's published segmentation and detection configs use other dilations than the
 ImageNet ones, those are used, and the row says which (``dilations``).
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 from typing import Callable, Dict, List, Optional, Tuple
 
 import timm
 import torch
 
-from .memory import status_kb
-from .steps import DTYPES, is_dinat_model
+from .steps import autocast, is_dinat_model
 
 CPU_SIZES = (224, 320, 448)
 GPU_SIZES = (224, 384, 512, 768, 1024)
@@ -73,12 +69,6 @@ def tokens(backbone: torch.nn.Module, img_size: int) -> int:
     return (img_size // stride) ** 2
 
 
-def _autocast(device: str, dtype: str):
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
-
-
 def _loss(features) -> torch.Tensor:
     return sum(f.float().mean() for f in features)
 
@@ -90,7 +80,7 @@ def step_fn(backbone: torch.nn.Module, x: torch.Tensor, mode: str, dtype: str) -
         backbone.eval()
 
         def forward():
-            with torch.inference_mode(), _autocast(device, dtype):
+            with torch.inference_mode(), autocast(device, dtype):
                 backbone(x)
 
         return forward
@@ -99,43 +89,9 @@ def step_fn(backbone: torch.nn.Module, x: torch.Tensor, mode: str, dtype: str) -
 
     def train():
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             loss = _loss(backbone(x))
         loss.backward()
         optimizer.step()
 
     return train
-
-
-# -- peak memory of one step, in this process -------------------------------------------------------------
-
-def _return_freed_memory_to_the_os() -> None:
-    """glibc's ``malloc_trim(0)``: every free page of the heap goes back to the OS, so the resident set
-    is what is live, and a step's peak is the growth it causes, not memory an earlier step freed and
-    this one reuses (which would read as zero: ViT-S's training step read 5 MB without it, 55 MB with)."""
-    name = ctypes.util.find_library("c")
-    if name:
-        libc = ctypes.CDLL(name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-
-
-def peak_memory_mb(step: Callable[[], None], device: str) -> Optional[float]:
-    """MiB one ``step`` needs beyond what is allocated before it: the CUDA allocator's peak, or on CPU
-    the growth of the resident set's high-water mark (Linux; None elsewhere). Run after a warm-up."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
-    try:
-        _return_freed_memory_to_the_os()
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current resident set
-        before = status_kb("VmRSS")
-    except OSError:
-        return None
-    step()
-    return (status_kb("VmHWM") - before) / 1024

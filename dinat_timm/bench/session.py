@@ -116,13 +116,18 @@ class BenchSession:
         row["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         return row
 
-    def _append(self, csv_name: str, row: dict) -> None:
+    def _append(self, csv_name: str, *rows: dict) -> None:
         from ..results.writer import append_rows
 
         path = self.results_dir / csv_name
-        append_rows(path, [row])
-        self.rows_written += 1
-        self.written_to[path] = self.written_to.get(path, 0) + 1
+        append_rows(path, list(rows))
+        self.rows_written += len(rows)
+        self.written_to[path] = self.written_to.get(path, 0) + len(rows)
+
+    def record_detail(self, csv_name: str, rows: List[dict]) -> None:
+        """Append the lines that detail a measured row (a memory breakdown) together, without a progress line."""
+        if rows:
+            self._append(csv_name, *(self._complete(row) for row in rows))
 
     def record(self, csv_name: str, columns: dict, measured: Optional[Measurement] = None, flag: str = "") -> dict:
         """Append a measured row to ``csv_name`` in this run's directory, with the guard's reading and

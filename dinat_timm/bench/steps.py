@@ -36,11 +36,11 @@ def model_input_size(name: str) -> int:
     return (cfg.input_size if cfg is not None else (3, 224, 224))[-1]
 
 
-def autocast(cfg: StepConfig):
-    if cfg.dtype == "fp32":
+def autocast(device: str, dtype: str):
+    """Mixed precision as the suites run it: fp32 plain, bf16/fp16 under autocast (parameters stay fp32)."""
+    if dtype == "fp32":
         return contextlib.nullcontext()
-    device_type = torch.device(cfg.device).type
-    return torch.autocast(device_type=device_type, dtype=DTYPES[cfg.dtype])
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
 
 
 def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
@@ -93,7 +93,7 @@ def inference_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> 
     run = _compiled(model) if cfg.compile else model
 
     def step():
-        with torch.inference_mode(), autocast(cfg):
+        with torch.inference_mode(), autocast(cfg.device, cfg.dtype):
             run(x)
 
     return step
@@ -110,7 +110,7 @@ def train_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Call
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast(cfg):
+        with autocast(cfg.device, cfg.dtype):
             loss = torch.nn.functional.cross_entropy(run(x), target)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

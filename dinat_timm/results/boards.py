@@ -6,7 +6,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import pandas as pd
 
-from .validate import load_checked
+from .validate import EXACT_MEMORY_METHODS, load_checked
 from .writer import replace_together, write_csv_atomic
 
 PAPER = Path(__file__).with_name("paper.csv")
@@ -27,6 +27,15 @@ def flagged(df: pd.DataFrame) -> pd.Series:
     if df.empty or "flag" not in df:
         return pd.Series(False, index=df.index)
     return df["flag"].notna() & (df["flag"].astype(str).str.strip() != "")
+
+
+def exactly_measured_memory(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``peak_mem_mb`` emptied where its ``method`` is not an exact one (rows that read the
+    kernel's resident set, or say nothing of how): boards neither show nor fit those figures."""
+    if df.empty or "peak_mem_mb" not in df:
+        return df
+    exact = df["method"].isin(EXACT_MEMORY_METHODS) if "method" in df else pd.Series(False, index=df.index)
+    return df.assign(peak_mem_mb=df["peak_mem_mb"].where(exact))
 
 
 def unflagged(df: pd.DataFrame) -> pd.DataFrame:
@@ -152,8 +161,9 @@ def speed_board_of(throughput: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFra
     """The latest row of each configuration, its speed as a ratio to Swin-T of the same run, the peak
     memory of that model on that device and dtype, and its rank within the device."""
     board = latest(with_reference_ratios(throughput))
-    if not memory.empty and "peak_mem_mb" in memory:
-        mem = latest(memory)
+    memory = exactly_measured_memory(memory)
+    if not memory.empty and "peak_mem_mb" in memory and memory["peak_mem_mb"].notna().any():
+        mem = latest(memory[memory["peak_mem_mb"].notna()])
         index = [c for c in ("model", "device", "dtype", "compile") if c in mem and c in board]
         pivot = mem.pivot_table(index=index, columns="mode", values=["peak_mem_mb", "batch"], aggfunc="last")
         pivot.columns = [f"{mode}_peak_mem_mb" if what == "peak_mem_mb" else f"{mode}_peak_mem_batch"

@@ -19,7 +19,8 @@ Built by `python -m dinat_timm.results boards` from the raw CSVs beside it (rows
 suspect are left out); do not edit by hand. Speeds are images/s; **×Swin-T** is that speed over the speed of
 Swin-T (`{reference}`) measured in the same run, on the same device, dtype, batch and image size
 (above 1: faster than Swin-T). Peak memory is what one step needs beyond the weights (and, for training, the
-optimizer state).
+optimizer state): the bytes of tensors alive at the step's peak beyond those alive before it, from the CPU
+allocator's events or the CUDA allocator's counters (earlier CPU rows, which read the resident set, show none).
 """
 
 

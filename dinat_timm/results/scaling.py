@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from .boards import latest
+from .boards import exactly_measured_memory, latest
 
 GROUP = ("model", "mode", "device", "dtype", "backend", "batch_size")
 
@@ -29,9 +29,10 @@ def growth_exponent(tokens: Sequence[float], values: Sequence[float]) -> Optiona
 
 def scaling_board(rows: pd.DataFrame) -> pd.DataFrame:
     """The latest row per model, mode and size (ok rows only), with ``time_exponent`` and
-    ``memory_exponent`` (per image, against tokens) and the ``sizes`` they were fitted over."""
+    ``memory_exponent`` (per image, against tokens; memory from exactly measured rows only) and the
+    ``sizes`` they were fitted over."""
     rows = rows[rows["status"].fillna("ok") == "ok"] if "status" in rows else rows
-    board = latest(rows)
+    board = exactly_measured_memory(latest(rows))
     if board.empty:
         return board
     keys = [c for c in GROUP if c in board]

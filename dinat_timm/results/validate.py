@@ -19,16 +19,22 @@ SUITES = {
     # suite: columns of which an ``ok`` row needs at least one
     "throughput": ("infer_samples_per_sec", "train_samples_per_sec"),
     "memory": ("peak_mem_mb",),
+    "memory_breakdown": ("held_mb",),
     "accuracy": ("top1",),
     "op": ("median_ms",),
     "scaling": ("samples_per_sec",),
 }
 STATUSES = {"ok", "failed", "oom"}
+# How a peak-memory figure was measured (the ``method`` column): the bytes of tensors alive at a step's
+# peak beyond those alive before it, from the CPU allocator's events or the CUDA allocator's counters
+# (``dinat_timm.bench.memory``). Boards show and fit memory from these alone: earlier CPU rows read
+# the kernel's resident set, which counted allocator slack and moved with what ran before.
+EXACT_MEMORY_METHODS = ("allocator events (torch.profiler)", "cuda.max_memory_allocated")
 # Columns whose non-empty cells must be finite numbers.
 NUMERIC_COLUMNS = {
     "infer_img_size", "infer_batch_size", "infer_samples_per_sec", "infer_step_time",
     "train_img_size", "train_batch_size", "train_samples_per_sec", "train_step_time",
-    "param_count", "gmacs", "peak_mem_mb", "img_size", "batch", "samples", "skipped",
+    "param_count", "gmacs", "peak_mem_mb", "rss_peak_mb", "held_mb", "img_size", "batch", "samples", "skipped",
     "top1", "top1_err", "top5", "top5_err", "crop_pct",
     "median_ms", "windowed_ms", "ratio_vs_windowed", "stage", "map_size", "heads", "head_dim", "kernel_size", "dilation",
     "tokens", "samples_per_sec", "step_time", "batch_size",
