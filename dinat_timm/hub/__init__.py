@@ -177,7 +177,7 @@ def model_card(model: torch.nn.Module, tag: str, repo_id: Optional[str] = None, 
         "Papers": ["Dilated Neighborhood Attention Transformer: https://arxiv.org/abs/2209.15001",
                    "Neighborhood Attention Transformer: https://arxiv.org/abs/2204.07143"],
         "Original": cfg.get("origin_url", "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"),
-        "Published weights": [f"https://huggingface.co/{sources.hf_repo} (transformers layout)"] * bool(sources.hf_repo)
+        "Published weights": [f"{sources.repo_page()} (transformers layout)"] * bool(sources.hf_repo)
                              + [f"{sources.url} (the original repo's .pth)"] * bool(sources.url),
         "Dataset": "ImageNet-1k" if cfg.get("num_classes") == 1000 else pretrain,
     }
@@ -241,10 +241,11 @@ def _weights_source(tag: str, checkpoint) -> str:
     if checkpoint:
         return str(checkpoint)
     cfg = timm.models.get_pretrained_cfg(tag)
-    cached = WeightSources(cfg.hf_hub_id, cfg.url).cached()
+    sources = WeightSources(cfg.hf_hub_id, cfg.url)
+    cached = sources.cached()
     if cached:
         return cached
-    where = [f"https://huggingface.co/{cfg.hf_hub_id}"] if cfg.hf_hub_id else []
+    where = [sources.repo_page()] if cfg.hf_hub_id else []
     return "not cached: would download from " + " or ".join(where + ([cfg.url] if cfg.url else []))
 
 

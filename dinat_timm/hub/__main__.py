@@ -70,7 +70,9 @@ def main(argv=None) -> int:
         elif args.command == "push":
             result = push(args.tag, args.repo_id, args.token, args.checkpoint, args.private, args.dry_run)
             verb = "would upload" if args.dry_run else "uploaded"
-            print(f"{verb} to https://huggingface.co/{args.repo_id}: {_describe(result, args.dry_run)}")
+            from huggingface_hub import constants
+
+            print(f"{verb} to {constants.ENDPOINT}/{args.repo_id}: {_describe(result, args.dry_run)}")
         elif args.all:
             if args.tag:
                 raise HubError("give a tag or --all, not both")

@@ -18,16 +18,24 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint whose converted keys or shapes do not fit the model."""
 
 
+# Where a checkpoint keeps its weights, in timm's order (``timm.models.load_state_dict`` with its default
+# ``use_ema=True``): train.py's EMA weights first, then its plain ones, then the original repo's ``model``.
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state")
+
+
+def state_dict_key(checkpoint: Mapping) -> str:
+    """Which entry of ``checkpoint`` holds the weights ('' for a bare state dict)."""
+    return next((k for k in STATE_DICT_KEYS if isinstance(checkpoint.get(k), Mapping)), "")
+
+
 def unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
-    """The tensors of a checkpoint saved as ``{'model': …}``, ``{'state_dict': …}`` or bare, DDP prefix off."""
+    """The tensors of a checkpoint: bare, or under one of ``STATE_DICT_KEYS``; DDP and compile prefixes off."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointMismatchError(
             f"the checkpoint holds a {type(state_dict).__name__}, not a state dict (a mapping of parameter names "
             "to tensors, as model.state_dict() returns)")
-    for key in ("model", "state_dict", "model_state"):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
+    key = state_dict_key(state_dict)
+    state_dict = state_dict[key] if key else state_dict
     out = {}
     for k, v in state_dict.items():
         if not isinstance(v, torch.Tensor):

@@ -2,6 +2,7 @@
 weights from whichever source serves, and a variant's defaults merged with the caller's arguments."""
 from __future__ import annotations
 
+import logging
 from typing import Callable, Dict, Optional
 
 from ._checkpoint import CheckpointMismatchError
@@ -36,6 +37,17 @@ def _weights_file(kwargs: Dict) -> Optional[str]:
     return overlay.get("file")
 
 
+_logger = logging.getLogger(__name__)
+
+
+def _say_which_weights(loaded) -> None:
+    """timm's words for what was loaded; a warning (shown by default) where the file holds two sets."""
+    _logger.info("Loaded %s from checkpoint '%s'", loaded.key or "a bare state dict", loaded.path)
+    if loaded.others:
+        _logger.warning("%s holds %s: loaded '%s' (timm's use_ema convention: the EMA weights when present)",
+                        loaded.path, " and ".join(repr(k) for k in (loaded.key, *loaded.others)), loaded.key)
+
+
 def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num_features: int, **kwargs):
     """``build_model_with_cfg`` with timm's feature getter over ``num_features`` stages or blocks,
     weights from whichever source can serve them (checked before they are read), and a load failure
@@ -44,8 +56,9 @@ def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num
 
     out_indices = kwargs.pop("out_indices", tuple(range(num_features)))
     feature_cfg = dict(out_indices=out_indices, feature_cls="getter")
+    loaded = None
     if pretrained:
-        kwargs = resolve_weight_source(variant, kwargs)
+        kwargs, loaded = resolve_weight_source(variant, kwargs)
     source = _weights_file(kwargs) if pretrained else None
     where = f" from {source}" if source else ""
     try:
@@ -57,6 +70,8 @@ def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num
                 cfg = getattr(module, attr, None)
                 if isinstance(cfg, dict):
                     cfg.pop("state_dict", None)  # the weights are in the model (a second copy otherwise); the file's name stays
+        if loaded is not None:
+            _say_which_weights(loaded)
         return model
     except CheckpointMismatchError as e:
         if source and source not in str(e):

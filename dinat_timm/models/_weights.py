@@ -6,41 +6,52 @@ after a check of the file (present, not empty, a checkpoint format, its checksum
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
-import socket
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
 
-from ._checkpoint import CheckpointMismatchError, unwrap_state_dict
+from ._checkpoint import STATE_DICT_KEYS, CheckpointMismatchError, state_dict_key, unwrap_state_dict
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a Hub repo, safe first
-_PROBE_TIMEOUT_S = 3.0
+_URL_TIMEOUT_S = 10.0  # seconds without a byte before an original-URL download gives up
+# What timm's train.py pickles beside the tensors (CheckpointSaver: its ``args``): allowed to load with
+# ``weights_only=True``; any other global, such as a function a crafted pickle would call, is refused.
+TRAINING_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
 class WeightSources:
-    """Every place a tag's weights can come from, in timm's order: the Hub repo, then the URL."""
+    """Every place a tag's weights can come from, in timm's order: the Hub repo, then the URL; and the
+    cache they land in (``cache_dir``, as timm's ``create_model(..., cache_dir=...)`` passes it: the
+    Hugging Face cache layout for the repo, the file's own name for the URL), else the default caches."""
 
     hf_repo: Optional[str]
     url: Optional[str]
+    cache_dir: Optional[str] = None
 
     def hf_cache_files(self) -> List[Path]:
         from huggingface_hub import constants
 
         if not self.hf_repo:
             return []
-        repo = Path(constants.HF_HUB_CACHE) / ("models--" + self.hf_repo.replace("/", "--"))
+        root = Path(self.cache_dir) if self.cache_dir else Path(constants.HF_HUB_CACHE)
+        repo = root / ("models--" + self.hf_repo.replace("/", "--"))
         return [repo / "snapshots" / "<revision>" / name for name in _HF_FILES]
 
     def url_cache_file(self) -> Optional[Path]:
         if not self.url:
             return None
-        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(self.url).path)
+        folder = Path(self.cache_dir) if self.cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
+        return folder / os.path.basename(urlparse(self.url).path)
 
     def cached(self) -> Optional[str]:
         """A local copy timm would use, or None."""
@@ -48,38 +59,98 @@ class WeightSources:
             from huggingface_hub import try_to_load_from_cache
 
             for name in _HF_FILES:
-                found = try_to_load_from_cache(self.hf_repo, name)
+                found = try_to_load_from_cache(self.hf_repo, name, cache_dir=self.cache_dir)
                 if isinstance(found, str) and os.path.isfile(found):
                     return found
         local = self.url_cache_file()
         return str(local) if local is not None and local.is_file() else None
 
+    def repo_page(self) -> Optional[str]:
+        """The repo's page on the endpoint huggingface_hub talks to (``HF_ENDPOINT``: a mirror, if set)."""
+        from huggingface_hub import constants
+
+        return f"{constants.ENDPOINT}/{self.hf_repo}" if self.hf_repo else None
+
     def download_urls(self) -> List[str]:
-        urls = [f"https://huggingface.co/{self.hf_repo}/resolve/main/{name}" for name in _HF_FILES] if self.hf_repo else []
+        from huggingface_hub import hf_hub_url
+
+        urls = [hf_hub_url(self.hf_repo, name) for name in _HF_FILES] if self.hf_repo else []
         return urls + ([self.url] if self.url else [])
+
+    def download(self) -> Tuple[Optional[str], List[str]]:
+        """Fetch the weights into the cache: the Hub repo through huggingface_hub (its endpoint, so
+        ``HF_ENDPOINT`` mirrors; its HTTP client, so ``HTTPS_PROXY``; its timeouts; one probe first, so
+        that an unreachable host fails at once), else the URL (urllib, which also honours the proxy variables). Returns the
+        file, or None and why each source failed."""
+        problems = []
+        if self.hf_repo:
+            found, why = self._from_hub()
+            if found:
+                return found, problems
+            problems.append(why)
+        if self.url:
+            found, why = self._from_url()
+            if found:
+                return found, problems
+            problems.append(why)
+        return None, problems
+
+    def _from_hub(self) -> Tuple[Optional[str], str]:
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError
+
+        missing = []
+        for name in _HF_FILES:
+            try:  # one request, no retries: hf_hub_download retries a refused connection for half a minute
+                get_hf_file_metadata(hf_hub_url(self.hf_repo, name), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            except EntryNotFoundError:
+                missing.append(name)  # the repo has the other format
+                continue
+            except Exception as e:  # noqa: BLE001 - unreachable, refused, no such repo: said with the endpoint
+                return None, f"{constants.ENDPOINT} ({self.hf_repo}) could not serve it: {_first_line(e)}"
+            try:
+                return hf_hub_download(self.hf_repo, name, cache_dir=self.cache_dir), ""
+            except Exception as e:  # noqa: BLE001 - the download itself failed
+                return None, f"{constants.ENDPOINT} ({self.hf_repo}) could not serve {name}: {_first_line(e)}"
+        return None, f"{self.repo_page()} holds none of {', '.join(missing)}"
+
+    def _from_url(self) -> Tuple[Optional[str], str]:
+        import tempfile
+        import urllib.request
+
+        target = self.url_cache_file()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(self.url, timeout=_URL_TIMEOUT_S) as response:
+                with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as part:
+                    while chunk := response.read(1 << 20):
+                        part.write(chunk)
+            os.replace(part.name, target)  # whole or not at all: an interrupted download leaves no file
+            return str(target), ""
+        except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, HTTP error: said with the URL
+            if "part" in locals() and os.path.exists(part.name):
+                os.unlink(part.name)
+            return None, f"{self.url} could not be fetched: {_first_line(e)}"
 
     def explain(self, variant: str, why: str) -> str:
         lines = [f"no pretrained weights for {variant!r}: {why}.", "Place one of these files and call again:"]
         for path in self.hf_cache_files():
-            lines.append(f"  Hugging Face cache: {path}  (hf download {self.hf_repo} {path.name})")
+            lines.append(f"  Hugging Face cache: {path}  (hf download {self.hf_repo} {path.name}"
+                         + (f" --cache-dir {self.cache_dir}" if self.cache_dir else "") + ")")
         if self.url_cache_file() is not None:
-            lines.append(f"  torch hub cache:    {self.url_cache_file()}")
+            lines.append(f"  {'cache_dir' if self.cache_dir else 'torch hub cache'}:    {self.url_cache_file()}")
         lines.append("downloadable from:")
         lines += [f"  {url}" for url in self.download_urls()]
+        lines.append("(huggingface_hub reads a mirror from HF_ENDPOINT and a proxy from HTTPS_PROXY)")
         lines.append(f"or pass a file you have: timm.create_model({variant!r}, pretrained=True, "
-                     "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))  (.pth, .bin or .safetensors; "
-                     "original or transformers layout)")
+                     "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth'))  (.pth, .pth.tar, .bin or "
+                     ".safetensors; original, transformers or timm train.py layout)")
         return "\n".join(lines)
 
 
-def _reachable(url: str) -> bool:
-    """Whether ``url``'s host accepts a connection within a few seconds (instead of a client's retries)."""
-    parts = urlparse(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or 443), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _offline() -> bool:
@@ -139,11 +210,18 @@ def check_checkpoint_file(path) -> None:
             raise CorruptCheckpoint(f"checkpoint {path}: member {bad!r} fails its CRC-32 checksum: the file is "
                                     "corrupted; download it again")
         return
+    if head[:4] == b"PK\x03\x04":  # a zip whose end (the directory) is gone: cut off
+        raise CorruptCheckpoint(f"checkpoint {path} is a damaged zip archive (torch.save's format) whose end is "
+                                f"missing ({size} bytes): a truncated copy or download? Fetch it again")
     if path.suffix == ".safetensors" or (len(head) == 16 and head[8:9] == b"{"):
-        header = int.from_bytes(head[:8], "little")
-        if len(head) < 9 or header <= 0 or header > size - 8:
-            raise CorruptCheckpoint(f"checkpoint {path} is not a valid safetensors file (header length {header}, "
-                                    f"file size {size})")
+        import safetensors
+
+        try:  # safetensors' own reader: the header's JSON, and that the file covers every tensor it lists
+            with safetensors.safe_open(str(path), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - the reader's words, with the file
+            raise CorruptCheckpoint(f"checkpoint {path} is not a valid safetensors file ({size} bytes): "
+                                    f"{_first_line(e)}") from None
         return
     if head[:1] == b"\x80":  # a legacy (pre-zip) torch.save pickle stream
         return
@@ -151,9 +229,23 @@ def check_checkpoint_file(path) -> None:
                             f"({size} bytes, starting {head[:12]!r})")
 
 
-def read_checkpoint(path) -> Dict:
-    """The state dict in a checkpoint file, read safely (safetensors, or ``torch.load(weights_only=True)``:
-    no pickled code runs), after ``check_checkpoint_file``; every failure names the file."""
+class UnsafeCheckpoint(CorruptCheckpoint):
+    """A pickle that would import something beyond tensors and what timm's train.py writes: not loaded."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: str
+    state_dict: Dict[str, torch.Tensor]
+    key: str  # the entry the weights came from ('' for a bare state dict)
+    others: Tuple[str, ...] = ()  # other entries holding weights that were not taken (train.py's plain ones)
+
+
+def load_checkpoint(path) -> LoadedCheckpoint:
+    """The weights in a checkpoint file, read safely after ``check_checkpoint_file``: safetensors, or
+    ``torch.load(weights_only=True)`` allowing exactly what timm's train.py pickles beside the tensors
+    (``TRAINING_CHECKPOINT_GLOBALS``), so no pickled code runs; train.py's EMA weights are taken when
+    present, as timm does. Every failure names the file."""
     check_checkpoint_file(path)
     path = str(path)
     try:
@@ -162,13 +254,27 @@ def read_checkpoint(path) -> Dict:
 
             state = safetensors.torch.load_file(path, device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(TRAINING_CHECKPOINT_GLOBALS)):
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader's failure, named with the file
-        raise CorruptCheckpoint(f"checkpoint {path} could not be read: {type(e).__name__}: {e}") from None
+        refused = re.search(r"GLOBAL (\S+)", str(e))
+        if refused:
+            raise UnsafeCheckpoint(
+                f"checkpoint {path} refused: loading it would import {refused[1]}, which is neither a tensor nor "
+                "what timm's train.py saves, so its pickle could run code; nothing of it was run. Save the weights "
+                "alone (torch.save(model.state_dict(), ...) or safetensors) and pass that file") from None
+        raise CorruptCheckpoint(f"checkpoint {path} could not be read: {_first_line(e)}") from None
     try:
-        return unwrap_state_dict(state)
+        key = state_dict_key(state) if isinstance(state, Mapping) else ""
+        others = tuple(k for k in STATE_DICT_KEYS if k != key and key and isinstance(state.get(k), Mapping))
+        return LoadedCheckpoint(path, unwrap_state_dict(state), key, others)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path}: {e}") from None
+
+
+def read_checkpoint(path) -> Dict[str, torch.Tensor]:
+    """``load_checkpoint``'s state dict."""
+    return load_checkpoint(path).state_dict
 
 
 def _looks_safetensors(path) -> bool:
@@ -177,37 +283,36 @@ def _looks_safetensors(path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def resolve_weight_source(variant: str, kwargs: Dict) -> Dict:
-    """Read the weights here when a local copy exists (the caller's file, or a cached download),
-    checked and named in every error, and hand them to timm; try the URL when the Hub is out of reach,
-    and fail at once, saying what to place where, when no source can serve."""
+def resolve_weight_source(variant: str, kwargs: Dict) -> Tuple[Dict, Optional[LoadedCheckpoint]]:
+    """Read the weights here, checked and named in every error, and hand them to timm: the caller's file,
+    a copy in the cache (``cache_dir`` if given), else a download into that cache (the Hub through
+    huggingface_hub, then the original URL); offline or when no source serves, fail at once saying what
+    to place where. Returns timm's keyword arguments and what was read (None: timm reads it itself)."""
     from timm.models._builder import resolve_pretrained_cfg
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    cache_dir = kwargs.get("cache_dir")
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
     if cfg.source == "hf-hub":  # timm's own Hub layout, read by timm: check the cached file's checksum first
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(cfg.hf_hub_id.split("@")[0], "model.safetensors")
+        cached = try_to_load_from_cache(cfg.hf_hub_id.split("@")[0], "model.safetensors", cache_dir=cache_dir)
         if isinstance(cached, str):
             check_checkpoint_file(cached)
-        return kwargs
+        return kwargs, None
     if cfg.state_dict or cfg.source == "local-dir":  # handed over, or an exported directory timm reads
-        return kwargs
-    local = cfg.file or WeightSources(cfg.hf_hub_id, cfg.url).cached()
-    if local:
-        overlay.update(state_dict=read_checkpoint(local), file=str(local))
-        return dict(kwargs, pretrained_cfg_overlay=overlay)
-    sources = WeightSources(cfg.hf_hub_id, cfg.url)
-    if _offline():
-        raise PretrainedWeightsUnavailable(sources.explain(variant, "offline (HF_HUB_OFFLINE) and not in a local cache"))
-    else:
-        hub_up = bool(sources.hf_repo) and _reachable("https://huggingface.co")
-        if not hub_up and sources.url and _reachable(sources.url):
-            overlay["hf_hub_id"] = None  # the Hub is out of reach: timm takes the URL
-        elif not hub_up:
-            raise PretrainedWeightsUnavailable(sources.explain(variant, "neither huggingface.co nor the URL's host could be reached"))
-    return dict(kwargs, pretrained_cfg_overlay=overlay)
+        return kwargs, None
+    sources = WeightSources(cfg.hf_hub_id, cfg.url, str(cache_dir) if cache_dir else None)
+    local = cfg.file or sources.cached()
+    if not local:
+        if _offline():
+            raise PretrainedWeightsUnavailable(sources.explain(variant, "offline (HF_HUB_OFFLINE) and not in a local cache"))
+        local, problems = sources.download()
+        if not local:
+            raise PretrainedWeightsUnavailable(sources.explain(variant, "; ".join(problems) or "no source is configured"))
+    loaded = load_checkpoint(local)
+    overlay.update(state_dict=loaded.state_dict, file=str(local))
+    return dict(kwargs, pretrained_cfg_overlay=overlay), loaded
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
