@@ -39,9 +39,12 @@ class Measurement:
     steal: Optional[float]
     spread: Optional[float]
     flag: str
+    samples: Tuple[float, ...] = ()  # every timed round, seconds
 
     def columns(self) -> dict:
-        return dict(outside_load=self.outside_load, steal=self.steal, spread=self.spread)
+        """The guard's reading, and the rounds themselves: ``compare`` judges two rows by their samples."""
+        return dict(outside_load=self.outside_load, steal=self.steal, spread=self.spread, rounds=len(self.samples),
+                    samples_ms=" ".join(f"{s * 1e3:.6g}" for s in self.samples) or None)
 
 
 def measure(benchmark, fn: Callable[[], None], device: str, rounds: int, warmup: int,
@@ -71,7 +74,7 @@ def measure(benchmark, fn: Callable[[], None], device: str, rounds: int, warmup:
         return None if x is None else round(x, 3)
 
     return Measurement(benchmark.stats.stats.median, rounded(reading.outside_load), rounded(reading.steal),
-                       rounded(spread), guard.noise_flag(reading, spread))
+                       rounded(spread), guard.noise_flag(reading, spread), tuple(benchmark.stats.stats.data))
 
 
 def join_flags(*flags: str) -> str:

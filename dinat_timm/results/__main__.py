@@ -1,4 +1,4 @@
-"""``python -m dinat_timm.results {compare,merge,boards,write}``: the leaderboards' command line.
+"""``python -m dinat_timm.results {compare,gate,merge,boards,write}``: the leaderboards' command line.
 
 Exit status: 0 done (compare: no regression), 1 regression found, 2 the command cannot be carried
 out as asked: a bad option, a missing, empty or malformed CSV (a truncated line, a text or infinite
@@ -66,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="directory holding throughput.csv, memory.csv, … [default: results]")
     p.add_argument("--include-flagged", action="store_true", help="also rank and plot rows that carry a flag")
 
+    p = sub.add_parser("gate", help="time the base commit against the working tree side by side; exit 1 on a regression, "
+                                    "2 if it cannot judge",
+                       description="The CI speed gate (docs/ci-speed-gate.md): the base commit (a temporary git worktree) "
+                                   "and the working tree run in two processes, nothing installed, in alternating rounds "
+                                   "(A B B A); each gated model's slowdown is the median of the rounds' log ratios with "
+                                   "a distribution-free interval, sampled until the verdict is clear or the budget is spent.")
+    p.add_argument("--base", default=None, metavar="REF",
+                   help="git ref to compare against [default: a pull request's merge base (GITHUB_BASE_REF); HEAD if "
+                        "the working tree has uncommitted changes; else HEAD~1]")
+    p.add_argument("--models", default="dinat_mini,nat_mini", help="gated models (forward, batch 4) [default: %(default)s]")
+    p.add_argument("--slowdown", default="15%", help="the slowdown to catch, as '15%%' or 0.15 [default: 15%%]")
+    p.add_argument("--budget", default="150", help="seconds of timing rounds at most [default: 150]")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text", help="how the verdict is printed")
+    p.add_argument("--samples", default=None, metavar="FILE",
+                   help="also write every round's seconds (JSON: per quad, per model, A1 B1 B2 A2) to FILE")
+
     p = sub.add_parser("write", help="append rows from pytest-benchmark --benchmark-json output to a CSV")
     p.add_argument("json", help="a pytest-benchmark JSON file")
     p.add_argument("-o", "--out", required=True, help="the CSV to append to (created if missing)")
@@ -94,6 +110,8 @@ def _run(args) -> int:
     from .compare import run as run_compare
     from .writer import append_rows, rows_from_benchmark_json
 
+    if args.command == "gate":
+        return _gate(args)
     if args.command == "compare":
         return run_compare(args.base, args.new, args.max_slowdown, args.max_top1_drop, args.relative_to,
                            args.allow_device_mismatch, args.only_regressions, args.include_flagged,
@@ -114,6 +132,44 @@ def _run(args) -> int:
         append_rows(args.out, rows)
         print(f"{len(rows)} rows -> {args.out}")
     return 0
+
+
+def _gate(args) -> int:
+    from .compare import parse_slowdown
+    from .gate import GateError, as_json, as_markdown, run_gate, summary_line
+
+    slowdown, problem = parse_slowdown(args.slowdown)
+    problems = [problem.replace("--max-slowdown", "--slowdown")] if problem else []
+    try:
+        budget = float(args.budget)
+        if not 10 <= budget <= 3600:
+            problems.append(f"--budget {args.budget!r} must be between 10 and 3600 seconds")
+    except ValueError:
+        problems.append(f"--budget {args.budget!r} is not a number of seconds")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        problems.append("--models names no model")
+    if slowdown == 0:
+        problems.append("--slowdown 0 cannot be caught: give the slowdown that must fail, such as 15%")
+    if problems:
+        raise UsageError(*problems)
+    try:
+        result = run_gate(Path.cwd(), args.base, models, slowdown, budget,
+                          progress=lambda n: print(f"gate: {n} quads …", file=sys.stderr, flush=True))
+    except GateError as e:
+        print(f"gate: CANNOT JUDGE — {e}", file=sys.stderr)
+        return 2
+    if args.samples:
+        import json
+
+        Path(args.samples).write_text(json.dumps({"base": result.base_commit, "order": "a1 b1 b2 a2",
+                                                  "quads": result.raw}) + "\n")
+    if args.format == "json":
+        print(as_json(result))
+    elif args.format == "markdown":
+        print(as_markdown(result))
+    print(summary_line(result), file=sys.stderr if args.format != "text" else sys.stdout)
+    return result.exit_code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 
 from .boards import flagged, key_columns, latest
@@ -34,7 +35,7 @@ class Refused(ValueError):
 
 
 class DeviceMismatch(Refused):
-    """BASE and NEW were measured on different devices (a speed ratio across them means nothing)."""
+    """BASE and NEW have no device in common (a speed ratio across devices means nothing)."""
 
 
 def parse_slowdown(text) -> Tuple[Optional[float], Optional[str]]:
@@ -68,11 +69,58 @@ def _relative(df: pd.DataFrame, reference: str, metrics: List[str]) -> pd.DataFr
     batch, size, dtype and mode (the model's own attention backend and weights do not matter).
     Rows with no such reference row get NaN (reported as not compared)."""
     keys = [c for c in key_columns(df, with_env=True) if c not in ("model", "backend", "pretrained")]
-    ref = df[df["model"] == reference][keys + metrics].rename(columns={m: f"__ref_{m}" for m in metrics})
+    carried = metrics + (["samples_ms"] if "samples_ms" in df else [])  # the reference's rounds, for intervals
+    ref = df[df["model"] == reference][keys + carried].rename(columns={m: f"__ref_{m}" for m in carried})
     out = df.merge(ref, on=keys, how="left")
     for m in metrics:
         out[m] = out[m] / out[f"__ref_{m}"]
     return out.drop(columns=[f"__ref_{m}" for m in metrics])
+
+
+INTERVAL_CONFIDENCE = 0.99
+_BOOTSTRAP = 4000
+
+
+def _samples(cell) -> Optional[np.ndarray]:
+    if not isinstance(cell, str):
+        return None
+    try:
+        values = np.array([float(x) for x in cell.split()])
+    except ValueError:
+        return None
+    return values if len(values) >= 3 and np.all(values > 0) else None
+
+
+def speed_interval(row, relative_to: Optional[str] = None) -> Optional[Tuple[float, float]]:
+    """NEW's speed over BASE's, as a percentile-bootstrap interval (INTERVAL_CONFIDENCE) of the ratio of
+    the rounds' medians, each side resampled on its own (with ``relative_to``, the reference's rounds
+    too); None unless both rows kept at least 3 rounds (``samples_ms``)."""
+    cells = [row.get("samples_ms_base"), row.get("samples_ms_new")]
+    if relative_to:
+        cells += [row.get("__ref_samples_ms_base"), row.get("__ref_samples_ms_new")]
+    parsed = [_samples(c) for c in cells]
+    if any(p is None for p in parsed):
+        return None
+    rng = np.random.default_rng(0)  # the same verdict for the same files
+    medians = [np.median(rng.choice(p, size=(_BOOTSTRAP, len(p))), axis=1) for p in parsed]
+    time_factor = medians[1] / medians[0]
+    if relative_to:
+        time_factor = time_factor / (medians[3] / medians[2])
+    tail = (1 - INTERVAL_CONFIDENCE) / 2
+    low, high = np.quantile(1 / time_factor, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def interval_word(interval: Tuple[float, float], max_slowdown: float) -> str:
+    """regressed: the whole interval is slower than tolerated; improved: faster by as much; unchanged:
+    within the tolerance both ways; inconclusive: the rounds cannot tell."""
+    low, high = interval
+    floor, ceiling = 1 - max_slowdown, 1 / (1 - max_slowdown)
+    if high < floor:
+        return "regressed"
+    if low > ceiling:
+        return "improved"
+    return "unchanged" if low >= floor and high <= ceiling else "inconclusive"
 
 
 @dataclass
@@ -94,9 +142,8 @@ def _devices(df: pd.DataFrame) -> set:
     return set(df["device"].dropna().astype(str)) if "device" in df else set()
 
 
-def problems_between(base: pd.DataFrame, new: pd.DataFrame, relative_to: Optional[str] = None,
-                     allow_device_mismatch: bool = False, include_flagged: bool = False) -> List[str]:
-    """Every reason the two (individually sound) tables cannot be compared as asked."""
+def problems_between(base: pd.DataFrame, new: pd.DataFrame, relative_to: Optional[str] = None) -> List[str]:
+    """Every reason the two (individually sound) tables cannot be compared at all."""
     problems = []
     for name, df in (("BASE", base), ("NEW", new)):
         if df.empty:
@@ -109,14 +156,6 @@ def problems_between(base: pd.DataFrame, new: pd.DataFrame, relative_to: Optiona
     for name, df in (("BASE", base), ("NEW", new)):
         if len(_suites(df)) > 1:
             problems.append(f"{name} mixes rows of several suites {sorted(_suites(df))}: compare one suite's CSV at a time")
-    if not include_flagged:
-        for name, df in (("BASE", base), ("NEW", new)):
-            rows = df[flagged(df)]
-            if len(rows):
-                first = rows.iloc[0]
-                problems.append(
-                    f"{name} has {len(rows)} flagged row(s), e.g. {first.get('model', '?')}: {first['flag']}; "
-                    "re-measure on an idle machine, or pass --include-flagged to compare them anyway")
     if relative_to:
         for name, df in (("BASE", base), ("NEW", new)):
             models = set(df["model"].dropna().astype(str)) if "model" in df else set()
@@ -126,13 +165,12 @@ def problems_between(base: pd.DataFrame, new: pd.DataFrame, relative_to: Optiona
     return problems
 
 
-def check_devices(base: pd.DataFrame, new: pd.DataFrame) -> None:
+def _device_problem(base: pd.DataFrame, new: pd.DataFrame) -> Optional[str]:
     base_devices, new_devices = _devices(base), _devices(new)
-    if base_devices and new_devices and base_devices != new_devices:
-        raise DeviceMismatch(
-            f"BASE was measured on {sorted(base_devices)} and NEW on {sorted(new_devices)}; rows of "
-            "different devices are not comparable (pass --allow-device-mismatch to compare them anyway)"
-        )
+    if base_devices and new_devices and not base_devices & new_devices:
+        return (f"BASE was measured on {sorted(base_devices)} and NEW on {sorted(new_devices)}; rows of different "
+                "devices are not comparable (pass --allow-device-mismatch to compare them anyway)")
+    return None
 
 
 def mode_of(row) -> str:
@@ -183,11 +221,22 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     ``allow_device_mismatch``, by device. CSVs that cannot be compared as asked are refused
     (``Refused``, with every reason); rows present in one file only are listed as not compared,
     and count as regressions only with ``require_same_rows``."""
-    problems = problems_between(base, new, relative_to, allow_device_mismatch, include_flagged)
+    problems = problems_between(base, new, relative_to)
     if problems:
         raise Refused(problems)
-    if not allow_device_mismatch:
-        check_devices(base, new)
+    set_aside, reasons = [], []
+    if not include_flagged:  # flagged rows are listed, not compared (nor do they refuse the rest)
+        for name, df in (("BASE", base), ("NEW", new)):
+            rows = df[flagged(df)]
+            if len(rows):
+                first = rows.iloc[0]
+                reasons.append(f"{name} has {len(rows)} flagged row(s), not compared (e.g. {label_of(first)}: "
+                               f"{first['flag']}); re-measure on an idle machine, or pass --include-flagged")
+                set_aside += [(label_of(r), f"not compared: flagged in {name} ({r['flag']})") for _, r in rows.iterrows()]
+        base, new = base[~flagged(base)], new[~flagged(new)]
+    device_problem = None if allow_device_mismatch else _device_problem(base, new)
+    if device_problem:
+        reasons.append(device_problem)
     # rows pair up per device too, unless told otherwise: a CSV holding CPU and GPU rows keeps both
     by_device = () if allow_device_mismatch else ("device",)
     base, new = latest(base, with_env=False, also=by_device), latest(new, with_env=False, also=by_device)
@@ -202,18 +251,29 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     merged = base.merge(new, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
     rows = []
 
-    def add(label, metric, b, n, change, regression=False, compared=True):
+    def add(label, metric, b, n, change, regression=False, compared=True, interval=None):
         rows.append(dict(config=label, metric=metric, base=b, new=n, change=change, regression=regression,
-                         compared=compared))
+                         compared=compared, interval=interval))
 
+    for label, why in set_aside:
+        add(label, "-", None, None, why, compared=False)
+    other_devices = {"NEW": _devices(base) - _devices(new), "BASE": _devices(new) - _devices(base)}
     for _, r in merged.iterrows():
         row = {k: r[k] for k in keys}
-        for m in ("infer_samples_per_sec", "train_samples_per_sec"):
-            row[m] = r.get(f"{m}_new") if pd.notna(r.get(f"{m}_new", float("nan"))) else r.get(f"{m}_base")
+        wanted = {c for c, _ in _LABEL} | {"infer_samples_per_sec", "train_samples_per_sec"}  # the mode's clue
+        for column in sorted(wanted - set(keys)):  # what tells the row apart, from either side
+            for side in ("_new", "_base"):
+                value = r.get(column + side)
+                if value is not None and not (not isinstance(value, str) and pd.isna(value)):
+                    row[column] = value
+                    break
         label = label_of(row)
         if r["_merge"] != "both":
             where = "NEW" if r["_merge"] == "left_only" else "BASE"
-            add(label, "-", None, None, f"not compared: no such row in {where}", regression=require_same_rows, compared=False)
+            device = row.get("device")
+            why = (f"not compared: {where} has no row measured on {device}" if by_device and device in other_devices[where]
+                   else f"not compared: no such row in {where}")
+            add(label, "-", None, None, why, regression=require_same_rows, compared=False)
             continue
         status = r.get("status_new", "ok")
         if isinstance(status, str) and status != "ok":
@@ -225,23 +285,32 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
                 continue  # not a metric of this row (an infer row has no train figure)
             shown = m + (f" / {relative_to}" if relative_to and m in SPEED_METRICS else "")
             if pd.isna(n):
-                add(label, shown, b, None, "not measured in NEW", regression=True)
+                add(label, shown, b, None, "not compared: not measured in NEW", regression=require_same_rows,
+                    compared=False)
                 continue
             if pd.isna(b) or b == 0 or n == 0:
                 why = f"no {relative_to} row with the same settings" if relative_to and m in SPEED_METRICS else "no figure in BASE"
-                add(label, shown, b, n, f"not compared: {why}", regression=require_same_rows, compared=False)
+                add(label, shown, b, n, f"not compared: {why}", compared=False)  # a missing yardstick is not a regression
                 continue
             speed_ratio = n / b if m in HIGHER_IS_BETTER else b / n
-            add(label, shown, round(b, 4), round(n, 4), speed_change(speed_ratio),
-                regression=(1 - speed_ratio) > max_slowdown)
+            interval = speed_interval(r, relative_to) if m in SPEED_METRICS else None
+            if interval is None:
+                add(label, shown, round(b, 4), round(n, 4), speed_change(speed_ratio),
+                    regression=(1 - speed_ratio) > max_slowdown)
+            else:
+                word = interval_word(interval, max_slowdown)
+                add(label, shown, round(b, 4), round(n, 4), f"{speed_change(speed_ratio)}: {word}",
+                    regression=word == "regressed", interval=f"×{interval[0]:.2f}–×{interval[1]:.2f}")
         if "top1_base" in r and pd.notna(r.get("top1_base")) and pd.notna(r.get("top1_new")):
             drop = r["top1_base"] - r["top1_new"]
             add(label, "top1", r["top1_base"], r["top1_new"], f"{-drop:+.2f} pt", regression=drop > max_top1_drop)
-    table = pd.DataFrame(rows, columns=["config", "metric", "base", "new", "change", "regression", "compared"])
+    table = pd.DataFrame(rows, columns=["config", "metric", "base", "new", "change", "interval", "regression", "compared"])
     compared = table[table["compared"]] if not table.empty else table
-    if compared.empty and not require_same_rows:
-        raise Refused("no row of BASE has a matching row in NEW (same configuration"
-                      f"{'' if allow_device_mismatch else ' and device'}): nothing to compare")
+    if compared.empty and not (require_same_rows and table["regression"].any()):
+        if not reasons:  # else the reasons above say why
+            reasons.append("no row of BASE has a matching row in NEW (same configuration"
+                           f"{'' if allow_device_mismatch else ' and device'}): nothing to compare")
+        raise (DeviceMismatch if device_problem else Refused)(reasons)
     return Verdict(table, int(table["regression"].sum()) if not table.empty else 0,
                    int((~table["compared"]).sum()) if not table.empty else 0)
 

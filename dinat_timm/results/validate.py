@@ -38,7 +38,7 @@ NUMERIC_COLUMNS = {
     "top1", "top1_err", "top5", "top5_err", "crop_pct",
     "median_ms", "windowed_ms", "ratio_vs_windowed", "stage", "map_size", "heads", "head_dim", "kernel_size", "dilation",
     "tokens", "samples_per_sec", "step_time", "batch_size",
-    "channels_last", "compile", "pretrained", "rpb", "outside_load", "steal", "spread",
+    "channels_last", "compile", "pretrained", "rpb", "outside_load", "steal", "spread", "rounds",
 }
 _SHOWN = 5  # bad cells named per column before "and N more"
 
@@ -108,6 +108,12 @@ def check_table(header, body, label: str) -> List[str]:
         if bad:
             problems.append(f"{label}: column {name!r} needs finite numbers: "
                             + _first(bad, lambda b: f"line {b[0]} has {b[1]!r}"))
+    if "samples_ms" in column:
+        bad = [(n, f[column["samples_ms"]]) for n, f in body if f[column["samples_ms"]].strip()
+               and not _positive_numbers(f[column["samples_ms"]])]
+        if bad:
+            problems.append(f"{label}: column 'samples_ms' needs space-separated finite positive numbers (the rounds' "
+                            "times): " + _first(bad, lambda b: f"line {b[0]} has {b[1][:40]!r}"))
     for suite in set(suites) & set(SUITES):
         needed = [c for c in SUITES[suite] if c in column]
         missing = []
@@ -119,6 +125,14 @@ def check_table(header, body, label: str) -> List[str]:
             problems.append(f"{label}: {suite} row(s) with status ok but no {' or '.join(SUITES[suite])}: "
                             + _first(missing, lambda n: f"line {n}"))
     return problems
+
+
+def _positive_numbers(cell: str) -> bool:
+    try:
+        values = [float(x) for x in cell.split()]
+    except ValueError:
+        return False
+    return bool(values) and all(math.isfinite(v) and v > 0 for v in values)
 
 
 def load_checked(path, label: str = "") -> Tuple[pd.DataFrame, List[str]]:
