@@ -93,11 +93,12 @@ def test_the_simulated_streams_carry_the_noise_they_claim():
 @pytest.mark.parametrize("runs", [pytest.param(2000, id="2000-runs"),
                                   pytest.param(20000, id="20000-runs", marks=pytest.mark.full)])
 def test_false_alarms_and_misses_are_rare(runs):
-    """The rule's error rates over simulated gate runs of the default models and budget: at 0% change it
-    must never fail (false alarm) and should judge (undecided is exit 2); at 15% it must never pass."""
+    """The rule's error rates over simulated gate runs of the default models and budget: a false alarm
+    (exit 1 at 0% change) and a miss (exit 0 at 15%) at most 0.1% each; "cannot judge" (exit 2, a word,
+    not a wrong verdict) rare at both."""
     rates = error_rates(runs, seed=runs)
     assert rates["false_alarm"] <= 0.001 and rates["miss"] <= 0.001, rates
-    assert rates["undecided_at_0"] <= 0.001 and rates["undecided_at_catch"] <= 0.001, rates
+    assert rates["undecided_at_0"] <= 0.005 and rates["undecided_at_catch"] <= 0.005, rates
 
 
 # -- the command, for real ------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare two CSVs of one suite; exit 1 on a regression, 2 if they cannot be compared",
                        description="Pair BASE's and NEW's rows by configuration (and device) and report each change; "
                                    "a speed drop beyond --max-slowdown or a top-1 drop beyond --max-top1-drop is a regression.")
-    p.add_argument("base", help="the reference CSV (e.g. results/ci_baseline_cpu.csv)")
+    p.add_argument("base", help="the reference CSV (e.g. results/throughput.csv)")
     p.add_argument("new", help="the CSV to judge, of the same suite (throughput.csv, memory.csv, op_speed.csv, accuracy_*.csv)")
     p.add_argument("--max-slowdown", default="10%",
                    help="largest tolerated fall in images/s (or rise in step time), as '10%%' or 0.1 [default: 10%%]")
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only-regressions", action="store_true", help="print only the rows that regressed")
     p.add_argument("--require-same-rows", action="store_true",
                    help="a row present in only one of the files fails the verdict (by default it is listed as not compared)")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text",
+                   help="text, a markdown table (a CI job summary, a PR comment) or JSON")
 
     p = sub.add_parser("merge", help="merge CSVs from several machines / NATTEN versions into one",
                        description="Concatenate CSVs and keep the latest row of each configuration per device, torch "
@@ -115,7 +117,7 @@ def _run(args) -> int:
     if args.command == "compare":
         return run_compare(args.base, args.new, args.max_slowdown, args.max_top1_drop, args.relative_to,
                            args.allow_device_mismatch, args.only_regressions, args.include_flagged,
-                           args.require_same_rows)
+                           args.require_same_rows, args.format)
     if args.command == "merge":
         _existing_files(args.inputs)
         table, total = merge(args.inputs, args.out)  # checks every input first

@@ -316,7 +316,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
 
 
 def run(base_path, new_path, max_slowdown="10%", max_top1_drop="0.1", relative_to=None, allow_device_mismatch=False,
-        only_regressions=False, include_flagged=False, require_same_rows=False) -> int:
+        only_regressions=False, include_flagged=False, require_same_rows=False, output_format="text") -> int:
     """The ``compare`` command: 0 no regression, 1 regression, 2 cannot compare (every reason on stderr)."""
     slowdown, problem_s = parse_slowdown(max_slowdown)
     top1_drop, problem_t = parse_top1_drop(max_top1_drop)
@@ -340,13 +340,41 @@ def run(base_path, new_path, max_slowdown="10%", max_top1_drop="0.1", relative_t
             print(f"error: compare: {problem}", file=sys.stderr)
         return 2
     table = verdict.table[verdict.table["regression"]] if only_regressions else verdict.table
-    table = table.drop(columns=["compared"])
-    with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 80):
-        print(table.to_string(index=False) if not table.empty else "(no regressions)")
     skipped = f"; {verdict.not_compared} row(s) not compared (listed above)" if verdict.not_compared else ""
     if verdict.not_compared and only_regressions and not require_same_rows:
         skipped = f"; {verdict.not_compared} row(s) not compared (run without --only-regressions to list them)"
-    print(f"\nverdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
-          f"(max slowdown {slowdown * 100:g}%, max top-1 drop {top1_drop:g} pt"
-          f"{', speed relative to ' + relative_to if relative_to else ''}){skipped}")
+    line = (f"verdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
+            f"(max slowdown {slowdown * 100:g}%, max top-1 drop {top1_drop:g} pt"
+            f"{', speed relative to ' + relative_to if relative_to else ''}){skipped}")
+    if output_format == "json":
+        import json
+
+        rows = table.drop(columns=["compared"]).astype(object).where(table.drop(columns=["compared"]).notna(), None)
+        print(json.dumps({"passed": verdict.passed, "regressions": verdict.regressions,
+                          "not_compared": verdict.not_compared, "max_slowdown": slowdown, "max_top1_drop": top1_drop,
+                          "relative_to": relative_to, "rows": rows.to_dict("records"), "verdict": line}, indent=2,
+                         default=str))
+    elif output_format == "markdown":
+        print(as_markdown(table, verdict, line))
+    else:
+        table = table.drop(columns=["compared"])
+        with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 80):
+            print(table.to_string(index=False) if not table.empty else "(no regressions)")
+        print(f"\n{line}")
     return 0 if verdict.passed else 1
+
+
+def as_markdown(table: pd.DataFrame, verdict: Verdict, line: str) -> str:
+    """The comparison as a markdown table (a CI job summary, a pull request comment)."""
+    word = "✅ no regression" if verdict.passed else f"❌ {verdict.regressions} regression(s)"
+    out = [f"### Benchmark comparison: {word}", "", "| configuration | metric | base | new | change | interval |",
+           "|---|---|---|---|---|---|"]
+
+    def cell(value):
+        return "–" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value).replace("|", "\\|")
+
+    for r in table.to_dict("records"):
+        mark = " ❌" if r["regression"] else ""
+        out.append(f"| {cell(r['config'])} | {cell(r['metric'])} | {cell(r['base'])} | {cell(r['new'])} | "
+                   f"{cell(r['change'])}{mark} | {cell(r['interval'])} |")
+    return "\n".join(out + ["", line])
