@@ -12,7 +12,8 @@ import torch
 import dinat_timm  # noqa: F401
 from dinat_timm.models import dinat, dinat_s, isotropic
 from dinat_timm.ops import available_backends
-from dinat_timm.ops.backends._natten import check_expected, natten_version
+from dinat_timm.ops.backends._natten import natten_version
+from dinat_timm.ops.backends.natten_env import check_expected
 
 from _helpers import expected_natten, fixture, skip_unusable
 

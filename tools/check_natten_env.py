@@ -7,7 +7,8 @@ that imports but cannot run here, fails the environment instead of skipping ever
 """
 import sys
 
-from dinat_timm.ops.backends._natten import check_expected, natten_version
+from dinat_timm.ops.backends._natten import natten_version
+from dinat_timm.ops.backends.natten_env import check_expected
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -199,7 +199,7 @@ def skipped_flag(row: dict) -> str:
 
 def describe(row: dict) -> str:
     """What a row's top-1 is: real accuracy only for the published weights on a real data set."""
-    from ..results.boards import ACCURACY_KINDS, accuracy_kind
+    from ..results.tables import ACCURACY_KINDS, accuracy_kind
 
     import pandas as pd
 

@@ -192,7 +192,7 @@ class BenchSession:
 
     def _committed_speeds(self, row: dict, mode: str) -> list:
         """This configuration's images/s in the committed rows (not this run's), same device, unflagged."""
-        from ..results.boards import unflagged
+        from ..results.tables import unflagged
         from ..results.writer import read_csv
 
         table = read_csv(COMMITTED / "throughput.csv")

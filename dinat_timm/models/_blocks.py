@@ -6,12 +6,12 @@ that checkpoints convert with little renaming; layer scale uses timm's ``LayerSc
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp, register_notrace_function, register_notrace_module, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, register_notrace_function, register_notrace_module, trunc_normal_
 
 from ..ops import neighborhood_attention_2d
 from ..ops._cache import exporting
@@ -184,24 +184,12 @@ def neighborhood_attention_layer(*, kernel_size: int, dilation: int, attn_drop: 
                    backend=backend, layout=layout)
 
 
-@register_notrace_module  # torch.fx: a leaf, it pads by the input size
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv (input zero-padded to a multiple, as the original), LayerNorm, NHWC.
-    The stem of DiNAT_s (4×4) and of the isotropic models (16×16)."""
-
-    def __init__(self, patch_size=4, in_chans=3, embed_dim=96, norm_layer=nn.LayerNorm, device=None, dtype=None):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
-        self.norm = norm_layer(embed_dim, **dd) if norm_layer else nn.Identity()
-
-    def forward(self, x):
-        p = self.patch_size
-        pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+def patch_embed(patch_size=4, in_chans=3, embed_dim=96, norm_layer=nn.LayerNorm, device=None, dtype=None) -> nn.Module:
+    """The stem of DiNAT_s (4×4) and of the isotropic models (16×16): timm's ``PatchEmbed`` as the original
+    ran it: a non-overlapping conv on the input zero-padded to a multiple of the patch, LayerNorm, NHWC out."""
+    return PatchEmbed(img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer,
+                      flatten=False, output_fmt="NHWC", strict_img_size=False, dynamic_img_pad=True, device=device,
+                      dtype=dtype)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -240,21 +228,3 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
             f"image {x.shape[2]}x{x.shape[3]} is smaller than this model's minimum {min_size}x{min_size} "
             "(its total downsampling stride)"
         )
-
-
-def linear_drop_path_rates(drop_path_rate: float, count: int) -> list:
-    """``count`` rates from 0 to ``drop_path_rate``, as ``torch.linspace`` gives them, without
-    making a tensor (which fails under ``with torch.device("meta")``)."""
-    if count <= 1:
-        return [0.0] * count
-    return [drop_path_rate * i / (count - 1) for i in range(count)]
-
-
-def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]):
-    """Stochastic depth rising linearly over all blocks, split per stage (the original schedule)."""
-    rates = linear_drop_path_rates(drop_path_rate, sum(depths))
-    out, start = [], 0
-    for depth in depths:
-        out.append(rates[start : start + depth])
-        start += depth
-    return out

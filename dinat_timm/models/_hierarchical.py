@@ -10,13 +10,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, calculate_drop_path_rates
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
 from . import _args
 from ._api import ClassifierModelMixin
-from ._blocks import NATBlock, check_attn_layout, init_weights, neighborhood_attention_layer, stage_drop_path_rates
+from ._blocks import NATBlock, check_attn_layout, init_weights, neighborhood_attention_layer
 
 
 class NATStage(nn.Module):
@@ -152,7 +152,7 @@ class HierarchicalNAT(ClassifierModelMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.patch_embed = stem_layer(in_chans=in_chans, embed_dim=embed_dim, **dd)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = stage_drop_path_rates(drop_path_rate, depths)
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)  # per block, split by stage
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             downsample = downsample_layer(dims[i - 1], dims[i], norm_layer=norm_layer, **dd) if i else nn.Identity()

@@ -11,37 +11,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
+from timm.models.swin_transformer import PatchMerging  # the same 2×2 merge as the original DiNAT_s
 
 from . import _args
-from ._blocks import PatchEmbed
+from ._blocks import patch_embed
 from ._checkpoint import convert_original_hierarchical, filter_checkpoint
 from ._factory import build_family_model, make_variant, pretrained_cfg
 from ._hierarchical import HierarchicalNAT
 
 __all__ = ["DiNAT_s"]
-
-
-@register_notrace_module  # torch.fx: a leaf, it pads by the input size
-class PatchMerging(nn.Module):
-    """Swin's 2×2 merge (odd sizes zero-padded): concat in (0,0),(1,0),(0,1),(1,1) order, LayerNorm(4C), Linear to 2C."""
-
-    def __init__(self, dim, out_dim, norm_layer=nn.LayerNorm, device=None, dtype=None):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.norm = norm_layer(4 * dim, **dd)
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False, **dd)
-
-    def forward(self, x):
-        b, h, w, c = x.shape
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-            h, w = x.shape[1], x.shape[2]
-        # [B, H/2, (row offset), W/2, (col offset), C] -> channels ordered (col offset, row offset)
-        x = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
-        return self.reduction(self.norm(x))
 
 
 class DiNAT_s(HierarchicalNAT):
@@ -77,7 +56,7 @@ class DiNAT_s(HierarchicalNAT):
     ):
         _args.positive_int("patch_size", patch_size)
         super().__init__(
-            stem_layer=partial(PatchEmbed, patch_size=patch_size, norm_layer=norm_layer if patch_norm else None),
+            stem_layer=partial(patch_embed, patch_size=patch_size, norm_layer=norm_layer if patch_norm else None),
             downsample_layer=PatchMerging, stem_stride=patch_size, img_size=img_size, in_chans=in_chans,
             num_classes=num_classes, global_pool=global_pool, embed_dim=embed_dim, depths=depths, num_heads=num_heads,
             mlp_ratio=mlp_ratio, kernel_size=kernel_size, dilations=dilations, layer_scale=None, qkv_bias=qkv_bias,

@@ -14,15 +14,15 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, register_notrace_module, trunc_normal_
+from timm.layers import ClassifierHead, calculate_drop_path_rates, register_notrace_module, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from ..ops._cache import cached_constant
 from . import _args
 from ._api import ClassifierModelMixin
-from ._blocks import (NATBlock, PatchEmbed, channels_last_contiguous, check_attn_layout, init_weights,
-                      linear_drop_path_rates, neighborhood_attention_layer)
+from ._blocks import (NATBlock, channels_last_contiguous, check_attn_layout, init_weights, neighborhood_attention_layer,
+                      patch_embed)
 from ._checkpoint import filter_checkpoint, head_fc_key
 from ._factory import build_family_model, make_variant, pretrained_cfg
 
@@ -140,9 +140,9 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.output_fmt = "NHWC"  # forward_features' layout, as timm's Swin declares it
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None, **dd)
+        self.patch_embed = patch_embed(patch_size, in_chans, embed_dim, norm_layer if patch_norm else None, **dd)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = linear_drop_path_rates(drop_path_rate, depth)
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.dilations = [1 if i % 2 == 0 else dilation for i in range(depth)]
         # what the architecture is, as constructor arguments (written to timm's Hub config.json)
         self.architecture = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,

@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from .boards import flagged, key_columns, latest
+from .tables import flagged, key_columns, latest
 from .validate import load_checked
 
 HIGHER_IS_BETTER = ["infer_samples_per_sec", "train_samples_per_sec"]
@@ -293,7 +293,8 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
                 add(label, shown, b, n, f"not compared: {why}", compared=False)  # a missing yardstick is not a regression
                 continue
             speed_ratio = n / b if m in HIGHER_IS_BETTER else b / n
-            interval = speed_interval(r, relative_to) if m in SPEED_METRICS else None
+            timed = m in SPEED_METRICS or m == "median_ms"  # the figures the rounds (samples_ms) are of
+            interval = speed_interval(r, relative_to if m in SPEED_METRICS else None) if timed else None
             if interval is None:
                 add(label, shown, round(b, 4), round(n, 4), speed_change(speed_ratio),
                     regression=(1 - speed_ratio) > max_slowdown)

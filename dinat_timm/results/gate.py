@@ -73,6 +73,7 @@ class Judgement:
     estimate: Optional[float] = None  # as a speed factor: 1.15 = 15% slower
     low: Optional[float] = None
     high: Optional[float] = None
+    confidence: float = CONFIDENCE  # of the interval last judged
 
     def add(self, log_slowdown: float) -> None:
         bisect.insort(self.samples, log_slowdown)
@@ -86,6 +87,7 @@ class Judgement:
         mid = (self.samples[(n - 1) // 2] + self.samples[n // 2]) / 2
         self.estimate = math.exp(mid)
         k = order_statistic_rank(n, confidence)
+        self.confidence = confidence
         if k is None:
             self.low = self.high = None
             self.verdict = "undecided"
@@ -278,12 +280,12 @@ def summary_line(result: GateResult) -> str:
     if result.verdict == "regressed":
         worst = [j for j in result.judgements if j.verdict == "regressed"]
         return "gate: REGRESSION — " + "; ".join(
-            f"{j.model} is {_factor(j.estimate)} the base's time ({(j.estimate - 1):+.1%}, {CONFIDENCE:.1%} interval "
+            f"{j.model} is {_factor(j.estimate)} the base's time ({(j.estimate - 1):+.1%}, {j.confidence:.1%} interval "
             f"{_factor(j.low)}–{_factor(j.high)})" for j in worst) + f" [{head}]"
     if result.verdict == "clear":
         return f"gate: PASS — no gated model is {catch} slower ({head})"
     loose = [j for j in result.judgements if j.verdict == "undecided"]
-    return (f"gate: CANNOT JUDGE — too noisy for the budget: "
+    return ("gate: CANNOT JUDGE — too noisy for the budget: "
             + "; ".join(f"{j.model} {_factor(j.estimate)}, interval {_factor(j.low)}–{_factor(j.high)} reaches from "
                         f"below ×{math.exp(boundary_for(result.slowdown)):.3f} to {catch} slower" for j in loose)
             + f" [{head}]; re-run on an idle machine or give --budget more seconds")

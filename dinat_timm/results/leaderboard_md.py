@@ -11,7 +11,7 @@ from typing import List
 
 import pandas as pd
 
-from .boards import ACCURACY_KINDS, REFERENCE, accuracy_kind
+from .tables import ACCURACY_KINDS, REFERENCE, accuracy_kind
 
 _HEADER = """# dinat-timm leaderboard
 

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from .boards import exactly_measured_memory, latest
+from .tables import exactly_measured_memory, latest
 
 GROUP = ("model", "mode", "device", "dtype", "backend", "batch_size")
 
