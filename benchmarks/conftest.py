@@ -36,6 +36,7 @@ def session_of(config) -> BenchSession:
 
 
 _SESSION_KEY = pytest.StashKey[BenchSession]()
+_NARROWED_KEY = pytest.StashKey[bool]()  # pytest-benchmark's table narrowed to median and rounds
 
 
 def pytest_configure(config):
@@ -50,6 +51,7 @@ def pytest_configure(config):
     asked = " ".join(config.invocation_params.args)
     if hasattr(config.option, "benchmark_columns") and "--benchmark-columns" not in asked:
         config.option.benchmark_columns = ["median", "rounds"]
+        config.stash[_NARROWED_KEY] = True
     if hasattr(config.option, "benchmark_group_by") and "--benchmark-group-by" not in asked:
         config.option.benchmark_group_by = "func"
 
@@ -243,6 +245,10 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the last thing a person reads
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     lines = session_of(config).summary()
+    if lines and config.stash.get(_NARROWED_KEY, False) and session_of(config).rows_written:
+        # pytest-benchmark prints its legend whatever columns it shows
+        lines.insert(0, ("The tables above show each benchmark's median and rounds (the legend's Outliers and OPS "
+                         "columns are left out; --benchmark-columns brings any back).", ""))
     if lines:
         terminalreporter.write_sep("-", "dinat-timm benchmarks")
         for line, colour in lines:

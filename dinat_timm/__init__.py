@@ -1,7 +1,11 @@
 """DiNAT / NAT for timm. ``import dinat_timm`` registers every variant with ``timm.create_model``."""
 import sys
+from importlib.metadata import PackageNotFoundError, version as _installed_version
 
-__version__ = "0.1.0"
+try:  # one version: pyproject.toml's, as the installed package's metadata holds it
+    __version__ = _installed_version("dinat-timm")
+except PackageNotFoundError:  # a source tree on sys.path without an install (the speed gate's base worktree)
+    __version__ = "0+unknown"
 __all__ = ["neighborhood_attention_2d", "available_backends", "choose_backend", "__version__"]
 
 # Options of the interpreter that take the next word as their value (``python -X importtime -m …``).

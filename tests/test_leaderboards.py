@@ -131,6 +131,9 @@ def test_a_run_says_why_each_group_did_not_run_and_ends_on_its_own_lines(tmp_pat
     closing = [i for i, line in enumerate(lines) if line.startswith("rows of this run:")]
     tables = [i for i, line in enumerate(lines) if "benchmark 'test_op_speed'" in line]
     assert closing and tables and closing[0] > tables[-1]
+    legend = [i for i, line in enumerate(lines) if line.startswith("The tables above show each benchmark's median and rounds")]
+    assert legend and tables[-1] < legend[0] < closing[0]  # says what the narrowed tables show
+    assert "## The operator" in (tmp_path / "LEADERBOARD.md").read_text()  # the op suite's rows have their section
     rows = read_csv(tmp_path / "op_speed.csv")
     assert set(rows["backend"]) == {"tiled", "windowed_sdpa"} and rows["run_id"].nunique() == 1
 
@@ -168,7 +171,7 @@ def test_the_docs_say_the_defaults_the_suite_has():
     from dinat_timm.bench.options import OPTIONS, PRESETS
     from dinat_timm.bench.steps import model_input_size
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "benchmarks.md").read_text()
     assert OPTIONS["op-backends"][0] == "triton,tiled,natten_legacy"
     assert "the `triton`, `tiled` and `natten_legacy`\noperators where they can run on the device" in readme
     assert PRESETS["full"]["scaling-rounds"] == "5" and "five scaling rounds" in readme

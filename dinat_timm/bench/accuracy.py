@@ -24,6 +24,8 @@ import torch.distributed as dist
 from timm.data import create_dataset, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .steps import param_count
+
 GENERATED_TAG = "generated-tiny"
 
 
@@ -184,7 +186,7 @@ def evaluate(
         "samples": n,
         "skipped": int(n_skipped),
         "skipped_files": "; ".join(skipped[:20]) + (f" … (+{len(skipped) - 20})" if len(skipped) > 20 else ""),
-        "param_count": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "param_count": round(param_count(model), 2),
         "crop_pct": data_config["crop_pct"],
         "interpolation": data_config["interpolation"],
         "world_size": dist.get_world_size() if distributed else 1,

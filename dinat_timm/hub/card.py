@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
+from ..bench.steps import param_count
 from ..models._weights import WeightSources
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ def model_card(model: torch.nn.Module, tag: str, repo_id: Optional[str] = None, 
               if arch.startswith("vitrpb") else "hierarchical")
     details = {
         "Model Type": f"Image classification / feature backbone ({family})",
-        "Model Stats": {"Params (M)": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "Model Stats": {"Params (M)": round(param_count(model), 2),
                         "GMACs": round(gmacs, 2) if gmacs is not None else "not measured yet",
                         "Image size": f"{cfg['input_size'][-1]} x {cfg['input_size'][-1]}"},
         "Papers": ["Dilated Neighborhood Attention Transformer: https://arxiv.org/abs/2209.15001",

@@ -260,20 +260,21 @@ def build_boards(results_dir, include_flagged: bool = False) -> dict:
     acc_board = accuracy_board(accuracy)
     if not acc_board.empty:
         outputs[results_dir / "leaderboard_accuracy.csv"] = acc_board
+    op_board = pd.DataFrame()
     if not tables["op_speed.csv"].empty:
-        outputs[results_dir / "leaderboard_op_speed.csv"] = latest(tables["op_speed.csv"])
+        op_board = latest(tables["op_speed.csv"])
+        outputs[results_dir / "leaderboard_op_speed.csv"] = op_board
     speed_board = pd.DataFrame()
     if not tables["throughput.csv"].empty:
         speed_board = speed_board_of(tables["throughput.csv"], tables["memory.csv"])
         outputs[results_dir / "leaderboard_speed.csv"] = speed_board
     scaling_board = pd.DataFrame()
     if not tables["scaling.csv"].empty:
-
         scaling_board = fit_scaling(tables["scaling.csv"])
         outputs[results_dir / "leaderboard_scaling.csv"] = scaling_board
         outputs[results_dir / "scaling.png"] = lambda tmp: plot_scaling(scaling_board, tmp)
-    if not speed_board.empty or not acc_board.empty or not scaling_board.empty:
-        markdown = render_markdown(speed_board, acc_board, scaling_board)
+    if not (speed_board.empty and acc_board.empty and scaling_board.empty and op_board.empty):
+        markdown = render_markdown(speed_board, acc_board, scaling_board, op_board)
         outputs[results_dir / "LEADERBOARD.md"] = lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8")
     stale = []
     if not speed_board.empty:

@@ -145,7 +145,33 @@ def scaling_section(board: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def render(speed_board: pd.DataFrame, accuracy_board: pd.DataFrame, scaling_board: pd.DataFrame) -> str:
+def op_section(board: pd.DataFrame) -> str:
+    """The operator at each stage shape: each backend's time over Swin-style window attention on the same
+    tokens (below 1: faster), forward and forward+backward side by side."""
+    if board.empty or "ratio_vs_windowed" not in board:
+        return ""
+    board = board[board["status"].fillna("ok") == "ok"] if "status" in board else board
+    board = board[board["backend"].astype(str) != "windowed_sdpa"]  # the yardstick itself
+    parts = ["## The operator",
+             "Each backend's time over Swin-style 7×7 window attention on the same tokens, timed round by round beside "
+             "it (below 1: faster than window attention), at DiNAT-T's stage shapes (`leaderboard_op_speed.csv`)."]
+    keys = [c for c in ("device", "dtype") if c in board]
+    for key, group in board.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        shape = ["map_size", "dilation", "backend"]
+        rows = []
+        for (size, dilation, backend), lines in group.groupby(shape, dropna=False, sort=True):
+            by_mode = {str(r["mode"]): r.get("ratio_vs_windowed") for r in lines.to_dict("records")}
+            rows.append([f"{size:g}²", f"{dilation:g}", str(backend), _cell(by_mode.get("fwd"), "{:.2f}"),
+                         _cell(by_mode.get("fwd_bwd"), "{:.2f}")])
+        parts.append(f"### {' · '.join(str(k) for k in key)}\n\n"
+                     + _table(["map", "dilation", "backend", "forward ×window", "forward+backward ×window"], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def render(speed_board: pd.DataFrame, accuracy_board: pd.DataFrame, scaling_board: pd.DataFrame,
+           op_board: pd.DataFrame = None) -> str:
     sections = [_HEADER.format(reference=REFERENCE), speed_section(speed_board), accuracy_section(accuracy_board)]
     sections.append(scaling_section(scaling_board))
+    sections.append(op_section(op_board if op_board is not None else pd.DataFrame()))
     return "\n".join(s for s in sections if s)
