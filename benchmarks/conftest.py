@@ -45,6 +45,12 @@ def pytest_configure(config):
     run_id = f"{socket.gethostname()}-{stamp}"
     options.run_results_dir = str(COMMITTED / "runs" / run_id)
     config.stash[_SESSION_KEY] = BenchSession(options, run_id)
+    if getattr(config.option, "help", False):
+        return
+    try:
+        options.check()
+    except OptionError as e:
+        raise pytest.UsageError(str(e)) from None
     # pytest-benchmark's own table repeats what the progress lines and CSVs say; keep it narrow, one
     # table per suite (its default is ten columns wide, with ratios that read "(inf)" for single-round
     # tests), unless the command line asks for its own columns or grouping
@@ -151,7 +157,7 @@ def _step_configs(options):
     models = options.list("models") + options.list("reference-models")
     for model in dict.fromkeys(models):
         for batch in options.ints("batch-size", minimum=1):
-            for dtype in options.list("dtypes"):
+            for dtype in options.dtypes():
                 if dtype == "fp16" and not device.startswith("cuda"):
                     continue  # fp16 autocast is a GPU configuration
                 for cl in options.ints("channels-last"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dinat_timm.bench.memory import step_peak_memory
-from dinat_timm.bench.scaling import build_backbone, scaling_batch, step_fn, tokens
+from dinat_timm.bench.scaling import build_backbone, check_fits, scaling_batch, step_fn, tokens
 from dinat_timm.bench.session import measure
 from dinat_timm.bench.steps import is_dinat_model
 
@@ -18,11 +18,12 @@ CSV = "scaling.csv"
 
 @pytest.mark.parametrize("mode", ["forward", "train"])
 def test_scaling(benchmark, leaderboard, bench_options, scaling_model, img_size, mode):
-    device, dtype = bench_options.get("device"), bench_options.list("dtypes")[0]
+    device, dtype = bench_options.get("device"), bench_options.dtypes()[0]
     batch = scaling_batch(bench_options)
     columns = dict(suite="scaling", model=scaling_model, mode=mode, img_size=img_size, batch_size=batch, dtype=dtype,
                    backend=bench_options.list("backends")[0] if is_dinat_model(scaling_model) else "timm")
     leaderboard.context(CSV, **columns)
+    check_fits(scaling_model, img_size, batch, mode, device)  # an estimate, before anything is allocated
     torch.manual_seed(0)
     backbone, dilations = build_backbone(scaling_model, img_size, device, columns["backend"])
     x = torch.randn(batch, 3, img_size, img_size, device=device)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,9 @@ import torch.distributed as dist
 from timm.data import create_dataset, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..models._checkpoint import CheckpointMismatchError
+from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable
+from ..results.writer import CsvWriteError
 from .steps import param_count
 
 GENERATED_TAG = "generated-tiny"
@@ -97,6 +101,71 @@ class _EachImageOnce(Dataset):
         return self.transform(image), -1 if target is None else target, None
 
 
+class LabelProblem(ValueError):
+    """A data set whose labels would not be the model's classes: scoring it would give a confident, wrong
+    top-1. The message names the folders and what to do."""
+
+
+_SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "eval", "evaluation", "test"}
+_SYNSET = re.compile(r"n\d{8}")
+
+
+def image_root(data_dir, split: str) -> Path:
+    """The folder timm's ``create_dataset`` would read for ``split`` (its search: the split's own name, then
+    its synonyms); a split asked for where the root holds other splits but not it is refused, where timm
+    would fall back to the root and score, say, the training images as one class."""
+    from timm.data.dataset_factory import _EVAL_SYNONYM, _TRAIN_SYNONYM
+
+    root = Path(data_dir)
+    name = split.split("[")[0]
+    candidates = [name] + [s for group in (_TRAIN_SYNONYM, _EVAL_SYNONYM) if name in group for s in group]
+    for candidate in candidates:
+        if (root / candidate).is_dir():
+            return root / candidate
+    splits = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLIT_NAMES) if root.is_dir() else []
+    if splits:
+        raise LabelProblem(f"{root} has no split {split!r} (it has {', '.join(splits)}): give --split one of those, "
+                           "or --data-dir the folder of the images to score")
+    return root
+
+
+def check_labels(folder: Path, num_classes: int) -> None:
+    """Refuse a folder whose ImageFolder labels would not be the model's class indices: an empty class
+    folder (every later class would be numbered one lower), more classes than the model has, or ImageNet
+    synset folders that are not the 1000 of ImageNet-1k (ImageFolder numbers them 0, 1, … in their own
+    order, not by the synsets' indices)."""
+    from timm.data import ImageNetInfo
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    if not folder.is_dir():
+        return  # a tar or another reader: timm checks it
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        return  # images directly in the folder: one unlabelled class, as timm reads it
+    extensions = set(get_img_extensions())
+    empty = [d.name for d in classes if not any(f.suffix.lower() in extensions for f in d.rglob("*") if f.is_file())]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise LabelProblem(f"{folder}: class folder(s) without an image: {shown}; every later class would be numbered "
+                           "one lower and scored against the wrong class. Remove them or put their images back")
+    if len(classes) > num_classes:
+        raise LabelProblem(f"{folder} has {len(classes)} class folders and the model {num_classes} classes: its labels "
+                           "cannot be the model's classes")
+    names = [d.name for d in classes]
+    if num_classes != 1000 and all(_SYNSET.fullmatch(n) for n in names):
+        raise LabelProblem(f"{folder} holds ImageNet synset folders and the model has {num_classes} classes: score "
+                           "ImageNet-1k with a 1000-class head (an in22k model's in1k fine-tune), not this one")
+    if num_classes == 1000 and all(_SYNSET.fullmatch(n) for n in names):
+        synsets = list(ImageNetInfo().label_names())
+        if names != synsets:
+            unknown = [n for n in names if n not in synsets]
+            raise LabelProblem(
+                f"{folder} holds {len(names)} ImageNet synset folders, not the 1000 of ImageNet-1k"
+                + (f" ({len(unknown)} are no ImageNet-1k synset, e.g. {unknown[0]})" if unknown else "")
+                + ": ImageFolder would number them 0..{} in their own order, not by their ImageNet indices, and "
+                  "every score would be wrong".format(len(names) - 1))
+
+
 def _collate(samples):
     """A batch of the readable samples, and the descriptions of those that were not."""
     readable = [s for s in samples if s[0] is not None]
@@ -130,9 +199,11 @@ def evaluate(
     if model is None:
         model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
     model = model.to(device).eval()
+    folder = image_root(data_dir, split)
+    check_labels(folder, model.num_classes)
     data_config = resolve_data_config({}, model=model)
     transform = create_transform(**data_config, is_training=False)
-    dataset = _EachImageOnce(create_dataset("", root=str(data_dir), split=split, is_training=False), transform)
+    dataset = _EachImageOnce(create_dataset("", root=str(folder), search_split=False, is_training=False), transform)
     if max_samples:
         dataset = Subset(dataset, range(min(max_samples, len(dataset))))
     distributed = dist.is_available() and dist.is_initialized()
@@ -227,10 +298,28 @@ def _check_args(args) -> None:
         if results.is_dir():
             problems.append(f"--results {args.results} is a directory: give the CSV file to append to, "
                             f"e.g. {results / 'accuracy_imagenet.csv'}")
-        elif not results.parent.exists():
+        elif not results.parent.is_dir():
             problems.append(f"--results {args.results}: directory {results.parent} does not exist")
-        elif results.exists() and not os.access(results, os.W_OK):
-            problems.append(f"--results {args.results} is not writable")
+        elif results.exists() and (not os.access(results, os.W_OK) or not results.stat().st_mode & 0o222):
+            problems.append(f"--results {args.results} is read-only: the row could not be written after the run")
+        elif not results.exists() and not os.access(results.parent, os.W_OK):
+            problems.append(f"--results {args.results}: directory {results.parent} is not writable")
+        elif results.exists() and results.stat().st_size:
+            from ..results.validate import load_checked
+
+            table, found = load_checked(results)
+            problems += [f"--results {p}" for p in found[:1]]
+            suites = set(table["suite"].dropna().astype(str)) if "suite" in table else set()
+            if not found and suites - {"accuracy"}:
+                problems.append(f"--results {args.results} holds {sorted(suites)} rows: give an accuracy CSV")
+    if args.device:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as e:
+            problems.append(f"--device {args.device!r}: {e}")
+        else:
+            if device.type == "cuda" and not torch.cuda.is_available():
+                problems.append(f"--device {args.device}: CUDA is not available here")
     try:
         json.loads(args.model_kwargs)
     except ValueError as e:
@@ -266,6 +355,11 @@ def main(argv=None) -> int:
     import dinat_timm  # noqa: F401  (registers the models)
     from ..results.environment import set_tf32
 
+    if not timm.models.is_model(args.model.split(".")[0]):
+        close = timm.list_models(f"*{args.model.split('.')[0].split('_')[0]}*")[:6]
+        print(f"error: --model {args.model!r} is not a registered model" + (f" (close: {', '.join(close)})" if close else ""),
+              file=sys.stderr)
+        return 2
     set_tf32(args.tf32)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -287,6 +381,9 @@ def main(argv=None) -> int:
     except UnreadableImages as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (LabelProblem, PretrainedWeightsUnavailable, CorruptCheckpoint, CheckpointMismatchError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)  # the first line says it; no traceback
+        return 2
     row.update(dataset=dataset_tag, pretrained=int(args.pretrained))
     row.update(what=describe(row), flag=skipped_flag(row))
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -294,7 +391,13 @@ def main(argv=None) -> int:
             from ..results.environment import environment
             from ..results.writer import append_rows
 
-            append_rows(args.results, [{**row, **environment(args.device), "suite": "accuracy", "status": "ok"}])
+            measured = {**row, **environment(args.device), "suite": "accuracy", "status": "ok"}
+            try:
+                append_rows(args.results, [measured])
+            except (CsvWriteError, OSError) as e:  # never drop a measured row: it goes to stdout instead
+                print(json.dumps(measured))
+                print(f"error: the row above could not be written to {args.results}: {e}", file=sys.stderr)
+                return 2
         print(json.dumps(row))
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -8,7 +8,8 @@ the preset. ``benchmarks/conftest.py`` registers them with pytest; the suites re
 from __future__ import annotations
 
 import os
-from typing import List
+from pathlib import Path
+from typing import List, Optional
 
 OPTIONS = {
     # name: (default under --preset quick, help)
@@ -96,7 +97,7 @@ class BenchOptions:
     def list(self, name: str) -> List[str]:
         return [x.strip() for x in self.get(name).split(",") if x.strip()]
 
-    def ints(self, name: str, minimum: int = 0) -> List[int]:
+    def ints(self, name: str, minimum: int = 0, maximum: Optional[int] = None) -> List[int]:
         values = []
         for word in self.list(name):
             try:
@@ -105,7 +106,20 @@ class BenchOptions:
                 raise OptionError(f"--{name}: {word!r} is not a whole number") from None
             if value < minimum:
                 raise OptionError(f"--{name}: {value} is below {minimum}")
+            if maximum is not None and value > maximum:
+                raise OptionError(f"--{name}: {value} is above {maximum}")
             values.append(value)
+        return values
+
+    def dtypes(self) -> List[str]:
+        """``--dtypes``, each one the suites know."""
+        from .steps import DTYPES
+
+        values = self.list("dtypes")
+        unknown = [d for d in values if d not in DTYPES]
+        if unknown or not values:
+            raise OptionError(f"--dtypes: {', '.join(map(repr, unknown)) or 'nothing'} is not a dtype the suites know; "
+                              f"valid: {', '.join(DTYPES)}")
         return values
 
     def int(self, name: str, minimum: int = 0) -> int:
@@ -113,6 +127,26 @@ class BenchOptions:
         if len(values) != 1:
             raise OptionError(f"--{name} takes one whole number, got {self.get(name)!r}")
         return values[0]
+
+    def check(self) -> None:
+        """Parse every option that takes numbers or names, so that a bad one stops the run before it starts
+        (``OptionError``, one line) instead of failing one test at a time."""
+        from .scaling import scaling_sizes
+
+        self.ints("batch-size", minimum=1)
+        self.dtypes()
+        for name in ("rounds", "warmup", "op-batch-size", "scaling-rounds"):
+            self.int(name, minimum=1 if name != "warmup" else 0)
+        if self.get("img-size"):
+            self.int("img-size", minimum=32)
+        scaling_sizes(self)
+        results = Path(self.get("results-dir")) if self.get("results-dir") else None
+        if results is not None:
+            if results.exists() and not results.is_dir():
+                raise OptionError(f"--results-dir {results} is a file, not a directory")
+            existing = next(p for p in [results, *results.parents] if p.exists())
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise OptionError(f"--results-dir {results}: {existing} cannot be written")
 
     @property
     def on_gpu(self) -> bool:

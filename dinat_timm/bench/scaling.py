@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import timm
 import torch
 
-from .steps import autocast, is_dinat_model
+from .steps import DTYPES, autocast, is_dinat_model
 
 CPU_SIZES = (224, 320, 448)
 GPU_SIZES = (224, 384, 512, 768, 1024)
@@ -32,9 +32,49 @@ DINAT_TINY_DILATIONS = {
 }
 
 
+MAX_SIZE = 4096  # px a side; far past what a detection or segmentation backbone is run at
+
+
 def scaling_sizes(options) -> List[int]:
-    sizes = options.ints("scaling-sizes", minimum=32) if options.get("scaling-sizes") else None
+    sizes = options.ints("scaling-sizes", minimum=32, maximum=MAX_SIZE) if options.get("scaling-sizes") else None
     return list(sizes or (GPU_SIZES if options.on_gpu else CPU_SIZES))
+
+
+# Bytes per input pixel a step needs at most, from the measured rows of DiNAT-T (the hungriest local-attention
+# backbone here: 586.5 MB for a 448² training step, 48.5 MB forward, CPU, 2026-12-03), with room to spare;
+# global attention (ViT) also grows with the square of the tokens.
+_BYTES_PER_PIXEL = {"forward": 600, "train": 6000}
+
+
+def estimated_step_bytes(model: str, img_size: int, batch: int, mode: str) -> int:
+    """A generous estimate of what one step of ``model`` needs at ``img_size``, before anything is allocated."""
+    per_pixel = _BYTES_PER_PIXEL[check_mode(mode)]
+    quadratic = (img_size / 224) ** 2 if model.startswith("vit") else 1.0
+    return int(batch * img_size * img_size * per_pixel * max(1.0, quadratic))
+
+
+def available_bytes(device: str) -> Optional[int]:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def check_fits(model: str, img_size: int, batch: int, mode: str, device: str) -> None:
+    """Refuse, before allocating, a size whose step cannot fit in the device's free memory."""
+    need, have = estimated_step_bytes(model, img_size, batch, mode), available_bytes(device)
+    if have is not None and need > have:
+        raise MemoryError(f"{model} {mode} at {img_size} px, batch {batch}: a step needs about {need / 2**30:,.1f} GiB "
+                          f"(estimated) and {device} has {have / 2**30:,.1f} GiB free; not run")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in ("forward", "train"):
+        raise ValueError(f"unknown step mode {mode!r}: 'forward' or 'train'")
+    return mode
 
 
 def scaling_batch(options) -> int:
@@ -75,6 +115,9 @@ def _loss(features) -> torch.Tensor:
 
 def step_fn(backbone: torch.nn.Module, x: torch.Tensor, mode: str, dtype: str) -> Callable[[], None]:
     """One forward (``mode="forward"``) or training step (``"train"``) of the backbone on ``x``."""
+    check_mode(mode)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     device = x.device.type
     if mode == "forward":
         backbone.eval()

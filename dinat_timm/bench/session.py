@@ -9,6 +9,7 @@ flags as the CSVs hold them), and why any group of benchmarks did not run.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -99,6 +100,7 @@ class BenchSession:
     left_out: Dict[Tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (what, why) -> count
     boards: dict = field(default_factory=dict)
     boards_problem: str = ""
+    unwritten: List[Tuple[Path, str, dict]] = field(default_factory=list)  # (CSV, why, row): printed at the end
 
     @property
     def device(self) -> str:
@@ -120,10 +122,15 @@ class BenchSession:
         return row
 
     def _append(self, csv_name: str, *rows: dict) -> None:
-        from ..results.writer import append_rows
+        """Append to this run's CSV; a row that cannot be written is kept and printed at the end, never lost."""
+        from ..results.writer import CsvWriteError, append_rows
 
         path = self.results_dir / csv_name
-        append_rows(path, list(rows))
+        try:
+            append_rows(path, list(rows))
+        except (CsvWriteError, OSError) as e:
+            self.unwritten += [(path, str(e).splitlines()[0], row) for row in rows]
+            return
         self.rows_written += len(rows)
         self.written_to[path] = self.written_to.get(path, 0) + len(rows)
 
@@ -289,6 +296,8 @@ class BenchSession:
                           f"{', '.join(sorted(p.name for p in self.boards.values())) or 'none'})", ""))
             if self.boards_problem:
                 lines.append((f"boards not rebuilt: {self.boards_problem}", "red"))
+        for path, why, row in self.unwritten:
+            lines.append((f"NOT WRITTEN to {path} ({why}); the measured row: {json.dumps(row, default=str)}", "red"))
         flagged = self.flagged_rows() if self.rows_written else []
         if flagged:
             lines.append((f"WARNING: {len(flagged)} row(s) flagged, left out of the boards:", "yellow"))

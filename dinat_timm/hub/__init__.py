@@ -11,9 +11,9 @@ fast this project measured it, which attention backends give the same numbers, a
     python -m dinat_timm.hub push dinat_tiny.in1k me/dinat_tiny.in1k --dry-run
 """
 from .card import CITATION, model_card
-from .check import check_config, create_model
-from .export import FILES, Export, export, model_args, push
+from .check import check_config, check_export, create_model
+from .export import FILES, Export, check_output, export, model_args, push
 from .tags import HubError, pretrained_tags, split_tag, tag_table
 
-__all__ = ["CITATION", "Export", "FILES", "HubError", "check_config", "create_model", "export", "model_args", "model_card",
-           "pretrained_tags", "push", "split_tag", "tag_table"]
+__all__ = ["CITATION", "Export", "FILES", "HubError", "check_config", "check_export", "check_output", "create_model",
+           "export", "model_args", "model_card", "pretrained_tags", "push", "split_tag", "tag_table"]

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be written, from which weights; download and "
                                                           "write nothing")
     p.add_argument("--results-dir", help="where the measured rows for the card are [default: the checkout's results/]")
+    p.add_argument("--overwrite", action="store_true", help="replace model.safetensors, config.json or README.md already "
+                                                            "in the output directory (refused by default)")
     p = sub.add_parser("push", help="export a tag and upload it to a Hugging Face Hub repo")
     p.add_argument("tag", help="a pretrained tag, e.g. dinat_tiny.in1k")
     p.add_argument("repo_id", help="the Hub repo to create or update, e.g. me/dinat_tiny.in1k")
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be uploaded; upload nothing")
     p = sub.add_parser("tags", help="every pretrained tag, where its weights come from and in which format (CSV)")
     p.add_argument("-o", "--out", help="write the CSV here instead of printing it")
-    p = sub.add_parser("check", help="check an exported directory's config.json against this version")
+    p = sub.add_parser("check", help="check an exported directory: its config.json against this version, and that its "
+                                     "weights load into that architecture")
     p.add_argument("path", help="an exported model directory")
     return parser
 
@@ -46,7 +49,7 @@ def _describe(result, dry_run: bool) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from . import HubError, check_config, export, pretrained_tags, push, tag_table
+    from . import HubError, check_export, export, pretrained_tags, push, tag_table
     from ..models._checkpoint import CheckpointMismatchError
     from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable
 
@@ -60,13 +63,8 @@ def main(argv=None) -> int:
             else:
                 print(table.to_csv(index=False), end="")
         elif args.command == "check":
-            import json
-
-            config = Path(args.path) / "config.json"
-            if not config.is_file():
-                raise HubError(f"{config}: no such file")
-            check_config(json.loads(config.read_text()), str(config))
-            print(f"{config}: architecture {json.loads(config.read_text())['architecture']!r} is registered")
+            arch = check_export(args.path)
+            print(f"{args.path}: architecture {arch!r} is registered and its weights load into it")
         elif args.command == "push":
             result = push(args.tag, args.repo_id, args.token, args.checkpoint, args.private, args.dry_run)
             verb = "would upload" if args.dry_run else "uploaded"
@@ -80,7 +78,7 @@ def main(argv=None) -> int:
             for tag in pretrained_tags():
                 try:
                     print(_describe(export(tag, Path(args.out_dir) / tag, dry_run=args.dry_run,
-                                           results_dir=args.results_dir), args.dry_run))
+                                           results_dir=args.results_dir, overwrite=args.overwrite), args.dry_run))
                 except refusals as e:
                     failed.append(tag)
                     print(f"{tag}: not exported: {str(e).splitlines()[0]}")
@@ -89,11 +87,17 @@ def main(argv=None) -> int:
                 return 1
         else:
             if not args.tag:
+                if args.out_dir in pretrained_tags():
+                    raise HubError(f"{args.out_dir} is a tag: give the output directory too (export TAG OUT_DIR)")
                 raise HubError("give a tag (python -m dinat_timm.hub tags lists them) or --all")
-            print(_describe(export(args.tag, args.out_dir, args.checkpoint, args.dry_run, results_dir=args.results_dir),
-                            args.dry_run))
+            print(_describe(export(args.tag, args.out_dir, args.checkpoint, args.dry_run, results_dir=args.results_dir,
+                                   overwrite=args.overwrite), args.dry_run))
     except refusals as e:
-        print(f"error: {args.command}: {e}", file=sys.stderr)
+        print(f"error: {args.command}: {str(e).splitlines()[0] if args.command != 'export' else e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file-system problem: one line, not a traceback
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        print(f"error: {args.command}: {type(e).__name__}: {what}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import timm
 import torch
@@ -53,16 +55,56 @@ def _config(model: torch.nn.Module, tmp: Path) -> dict:
     return json.loads((tmp / "config.json").read_text())
 
 
+def check_output(out_dir, overwrite: bool = False) -> Path:
+    """Where an export may go: not a file, in a folder that can be written, and without an export's file
+    names already there (a user's README.md, the project's) unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise HubError(f"{out} is a file, not a directory: give the directory to export into")
+    clashes = [out / name for name in FILES if (out / name).exists()]
+    if clashes and not overwrite:
+        raise HubError(f"{clashes[0]} exists" + (f" (and {len(clashes) - 1} more of {', '.join(FILES)})" if len(clashes) > 1
+                       else "") + ": an export never replaces files it did not write; pass --overwrite to replace them")
+    parent = next(p for p in [out, *out.parents] if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HubError(f"{out}: {parent} is not writable")
+    return out
+
+
+def _write_into(out: Path, files: Dict[str, Callable[[Path], None]]) -> None:
+    """Every file written into a temporary folder beside ``out`` first; only when all are written do they
+    move in (the folder renamed into place where ``out`` is new), so a failure leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        for name, write in files.items():
+            write(staging / name)
+        if not out.exists():
+            os.rename(staging, out)
+            return
+        for name in files:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_id: Optional[str] = None,
-           results_dir=None) -> Export:
+           results_dir=None, overwrite: bool = False) -> Export:
     """Write ``tag`` in timm's Hub layout to ``out_dir``: the published weights (from ``checkpoint``,
-    else the caches; either format) as safetensors, ``config.json`` and the card. ``dry_run``: build
-    the architecture without weights (nothing downloaded, nothing written) and say what would be."""
+    else the caches; either format) as safetensors, ``config.json`` and the card, all three or none, never
+    over files it did not write (unless ``overwrite``). ``dry_run``: every check of the real run (the tag,
+    the output folder, the checkpoint file), then the architecture without weights: nothing downloaded,
+    nothing written, and it says what would be."""
     from timm.models._hub import generate_readme
 
     from ..bench.steps import count_gmacs
+    from ..models._weights import check_checkpoint_file
 
     split_tag(tag)
+    if out_dir is not None:
+        check_output(out_dir, overwrite)
+    if checkpoint is not None:
+        check_checkpoint_file(checkpoint)
     source = _weights_source(tag, checkpoint)
     if dry_run:
         with torch.device("meta"):
@@ -84,11 +126,12 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
     import safetensors.torch
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(result.config, indent=2))
-    (out / "README.md").write_text(result.card, encoding="utf-8")
+    _write_into(out, {
+        "model.safetensors": lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt"}),
+        "config.json": lambda p: p.write_text(json.dumps(result.config, indent=2)),
+        "README.md": lambda p: p.write_text(result.card, encoding="utf-8"),
+    })
     result.files = {name: (out / name).stat().st_size for name in FILES}
     return result
 
@@ -110,7 +153,16 @@ def _token(token: Optional[str]) -> str:
 def push(tag: str, repo_id: str, token: Optional[str] = None, checkpoint=None, private: bool = False,
          dry_run: bool = False, results_dir=None) -> Export:
     """Export ``tag`` and upload it to ``repo_id`` (created if missing) with timm's ``push_to_hf_hub``
-    layout; ``dry_run`` exports to a temporary directory and says what would be uploaded."""
+    layout; ``dry_run`` checks what the real push would (the repo id, the checkpoint), exports to a
+    temporary directory and says what would be uploaded (the token and the network are not tried)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("give it as NAMESPACE/NAME")
+    except HFValidationError as e:
+        raise HubError(f"{repo_id!r} is not a Hub repo id: {str(e).splitlines()[0]}") from None
     if dry_run:
         with tempfile.TemporaryDirectory() as tmp:
             return export(tag, tmp, checkpoint, dry_run=checkpoint is None and not _cached(tag), repo_id=repo_id,

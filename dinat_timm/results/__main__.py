@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     except CsvWriteError as e:
         print(f"error: {args.command}: {e}", file=sys.stderr)
         return 2
+    except (OSError, ValueError) as e:  # a file-system problem, malformed JSON: one line, not a traceback
+        what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        print(f"error: {args.command}: {type(e).__name__}: {what}", file=sys.stderr)
+        return 2
 
 
 def _run(args) -> int:
@@ -130,7 +134,12 @@ def _run(args) -> int:
             print(f"{name}: {path}")
     elif args.command == "write":
         _existing_files([args.json])
-        rows = rows_from_benchmark_json(args.json)
+        try:
+            rows = rows_from_benchmark_json(args.json)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise UsageError(f"{args.json} is not pytest-benchmark's --benchmark-json output: {e}") from None
+        if not rows:
+            raise UsageError(f"{args.json} holds no benchmark: nothing to write")
         append_rows(args.out, rows)
         print(f"{len(rows)} rows -> {args.out}")
     return 0

@@ -32,6 +32,9 @@ def merge(paths: Iterable, out=None) -> Tuple[pd.DataFrame, int]:
         problems += found
     if problems:
         raise BoardsRefused(problems)
+    suites = sorted({str(x) for f in frames if "suite" in f for x in f["suite"].dropna()})
+    if len(suites) > 1:
+        raise BoardsRefused([f"the inputs hold rows of several suites {suites}: merge one suite's CSVs at a time"])
     columns = list(dict.fromkeys(c for f in frames for c in f.columns))
     rows = [f for f in frames if not f.empty]
     table = latest(pd.concat(rows, ignore_index=True, sort=False)) if rows else pd.DataFrame()
@@ -248,9 +251,11 @@ def build_boards(results_dir, include_flagged: bool = False) -> dict:
     first (``BoardsRefused`` lists every problem, and nothing is written), then every output is
     written to a temporary file, and only then are they renamed into place. Flagged rows stay in the
     raw CSVs but out of the boards, unless ``include_flagged``."""
-
     results_dir = Path(results_dir)
     tables, problems = read_raw(results_dir)
+    if not problems and all(table.empty for table in tables.values()):
+        raise BoardsRefused([f"{results_dir} holds no results rows (none of {', '.join(RAW_CSVS)} here or in "
+                             "runs/*/ has a row): nothing to build boards from, nothing written"])
     if problems:
         raise BoardsRefused(problems)
     keep = (lambda df: df) if include_flagged else unflagged

@@ -11,6 +11,7 @@ not compared, and fail the verdict only under ``require_same_rows``.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -322,6 +323,13 @@ def run(base_path, new_path, max_slowdown="10%", max_top1_drop="0.1", relative_t
     slowdown, problem_s = parse_slowdown(max_slowdown)
     top1_drop, problem_t = parse_top1_drop(max_top1_drop)
     problems = [p for p in (problem_s, problem_t) if p]
+    try:
+        same = os.path.samefile(base_path, new_path)
+    except OSError:  # a missing file: said below
+        same = False
+    if same:
+        problems.append(f"BASE {base_path} and NEW {new_path} are the same file: a file compared with itself always "
+                        "passes; give the run to judge as NEW")
     for name, path in (("BASE", base_path), ("NEW", new_path)):
         table, found = load_checked(path, name)
         problems += found

@@ -40,6 +40,12 @@ NUMERIC_COLUMNS = {
     "tokens", "samples_per_sec", "step_time", "batch_size",
     "channels_last", "compile", "pretrained", "rpb", "outside_load", "steal", "spread", "rounds",
 }
+# Figures that cannot be zero, negative or absurd: a speed or a time of 0 (or 1e308) is a broken row, not a
+# result; memory may be 0 (a step that allocates nothing) but never below.
+POSITIVE_COLUMNS = {"infer_samples_per_sec", "train_samples_per_sec", "samples_per_sec", "infer_step_time",
+                    "train_step_time", "step_time", "median_ms", "windowed_ms"}
+NON_NEGATIVE_COLUMNS = {"peak_mem_mb", "rss_peak_mb"}
+CEILING = 1e7  # no speed in images/s, time in ms or memory in MB of these models comes near it
 _SHOWN = 5  # bad cells named per column before "and N more"
 
 
@@ -77,13 +83,13 @@ def _parse(text: str, label: str) -> Tuple[List[str], List[Tuple[int, List[str]]
     return header, body, problems
 
 
-def check_table(header, body, label: str) -> List[str]:
+def check_table(header, body, label: str, require_suite: bool = True) -> List[str]:
     """What is wrong with the rows themselves: suite, status, numbers, the metric an ok row needs."""
     problems = []
     column = {name: i for i, name in enumerate(header)}
-    if "suite" not in column:
+    if "suite" not in column and require_suite:
         return [f"{label} has no 'suite' column: not a dinat_timm results CSV (columns: {', '.join(header[:8])}…)"]
-    suites = sorted({fields[column["suite"]] for _, fields in body})
+    suites = sorted({fields[column["suite"]] for _, fields in body}) if "suite" in column else []
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         problems.append(f"{label}: unknown suite(s) {unknown}; expected one of {sorted(SUITES)}")
@@ -108,6 +114,15 @@ def check_table(header, body, label: str) -> List[str]:
         if bad:
             problems.append(f"{label}: column {name!r} needs finite numbers: "
                             + _first(bad, lambda b: f"line {b[0]} has {b[1]!r}"))
+            continue
+        low = 0 if name in NON_NEGATIVE_COLUMNS else None
+        if name in POSITIVE_COLUMNS or name in NON_NEGATIVE_COLUMNS:
+            odd = [(n, f[column[name]].strip()) for n, f in body if f[column[name]].strip()
+                   and not _plausible(float(f[column[name]]), low)]
+            if odd:
+                need = "figures in [0, 1e7]" if low == 0 else "figures above 0 and at most 1e7"
+                problems.append(f"{label}: column {name!r} needs {need}: "
+                                + _first(odd, lambda b: f"line {b[0]} has {b[1]!r}"))
     if "samples_ms" in column:
         bad = [(n, f[column["samples_ms"]]) for n, f in body if f[column["samples_ms"]].strip()
                and not _positive_numbers(f[column["samples_ms"]])]
@@ -127,12 +142,22 @@ def check_table(header, body, label: str) -> List[str]:
     return problems
 
 
+def _plausible(value: float, low) -> bool:
+    return (value >= 0 if low == 0 else value > 0) and value <= CEILING
+
+
 def _positive_numbers(cell: str) -> bool:
     try:
         values = [float(x) for x in cell.split()]
     except ValueError:
         return False
     return bool(values) and all(math.isfinite(v) and v > 0 for v in values)
+
+
+def check_text(text: str, label: str, require_suite: bool = True) -> List[str]:
+    """Every problem of CSV text (as ``load_checked`` finds them in a file), e.g. rows about to be written."""
+    header, body, problems = _parse(text, label)
+    return problems + (check_table(header, body, label, require_suite) if header and not problems else [])
 
 
 def load_checked(path, label: str = "") -> Tuple[pd.DataFrame, List[str]]:
@@ -150,7 +175,7 @@ def load_checked(path, label: str = "") -> Tuple[pd.DataFrame, List[str]]:
     if b"\0" in data:
         return pd.DataFrame(), [f"{label} is not a CSV: it holds binary data"]
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (spreadsheets write one) is not part of the header
     except UnicodeDecodeError as e:
         return pd.DataFrame(), [f"{label} is not a CSV: not UTF-8 text ({e.reason} at byte {e.start})"]
     header, body, problems = _parse(text, label)

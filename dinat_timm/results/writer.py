@@ -24,6 +24,8 @@ from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
+from .validate import check_text, load_checked
+
 # Columns a timm user recognises come first, in this order, when a row has them.
 LEADING_COLUMNS = [
     "suite", "status", "model", "img_size", "top1", "top1_err", "top5", "top5_err",
@@ -44,7 +46,7 @@ def read_csv(path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return pd.read_csv(path, encoding="utf-8-sig")
 
 
 LOCK_NAME = ".dinat_timm.lock"
@@ -168,9 +170,29 @@ def update_csv(path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataF
 
 
 def append_rows(path, rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Append rows (dicts; columns are unioned) to the CSV at ``path``; returns the whole table."""
+    """Append rows (dicts; columns are unioned) to the CSV at ``path``; returns the whole table. Refused
+    (``CsvWriteError``, nothing written) when the file as it is now is not a sound results CSV (a cut last
+    line would be hidden by the rewrite), or the rows are not sound (a text speed, an impossible figure),
+    or they belong to another suite than the file's rows."""
     new = pd.DataFrame([dict(r) for r in rows])
-    return update_csv(path, lambda old: new if old.empty else pd.concat([old, new], ignore_index=True, sort=False))
+
+    def change(old: pd.DataFrame) -> pd.DataFrame:
+        if path.exists() and path.stat().st_size:
+            _, problems = load_checked(path)
+            if problems:
+                raise CsvWriteError(f"refusing to append to {path}: {problems[0]}"
+                                    + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+        table = new if old.empty else pd.concat([old, new], ignore_index=True, sort=False)
+        problems = check_text(_ordered(new).to_csv(index=False), "the new row(s)", require_suite=False)
+        suites = sorted(set(table["suite"].dropna().astype(str))) if "suite" in table else []
+        if len(suites) > 1:
+            problems.append(f"{path} would mix the suites {suites}: one suite per CSV")
+        if problems:
+            raise CsvWriteError(f"refusing to write {path}: {'; '.join(problems)}")
+        return table
+
+    path = Path(path)
+    return update_csv(path, change)
 
 
 def rows_from_benchmark_json(data) -> list:
