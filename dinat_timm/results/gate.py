@@ -166,15 +166,18 @@ class _Worker:
     def __init__(self, label: str, tree: Path, models: Sequence[str], batch_size: int, img_size: int):
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
         self.label = label
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty side cannot block on it
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), "--tree", str(tree), "--models", ",".join(models),
              "--batch-size", str(batch_size), "--img-size", str(img_size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tree))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env, cwd=str(tree))
 
     def read(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read().strip().splitlines()
+            self.proc.wait(timeout=30)
+            self.stderr.seek(0)
+            err = self.stderr.read().strip().splitlines()
             raise GateError(f"the {self.label} side failed to start or run: {err[-1] if err else 'no output'}")
         return json.loads(line)
 
@@ -190,6 +193,7 @@ class _Worker:
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired, ValueError):
             self.proc.kill()
+        self.stderr.close()
 
 
 @dataclass
