@@ -170,3 +170,22 @@ def test_gate_says_it_cannot_judge_when_the_base_does_not_exist(tmp_path, monkey
     result = results_cli("gate", "--base", "no-such-ref-anywhere", "--budget", "10")
     assert result.returncode == 2 and "CANNOT JUDGE" in result.stderr and "no-such-ref-anywhere" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_gate_cannot_judge_a_base_that_does_not_build(tmp_path):
+    """The previous commit fails to import: exit 2 and the base side's own error, in one line."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    src = clone / "dinat_timm" / "models" / "_hierarchical.py"
+    good = src.read_text()
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    src.write_text(good + "\nraise ImportError('broken on purpose')\n")
+    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "broken"], check=True, env=env)
+    src.write_text(good)
+    subprocess.run(["git", "-C", str(clone), "commit", "-qam", "fixed"], check=True, env=env)
+    result = subprocess.run([sys.executable, "-m", "dinat_timm.results", "gate", "--base", "HEAD~1"], cwd=clone,
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(clone)), timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == ["gate: CANNOT JUDGE — the base side failed to start or run: "
+                                                "ImportError: broken on purpose"], result.stderr
+    assert subprocess.run(["git", "-C", str(clone), "worktree", "list"], capture_output=True, text=True).stdout.count("\n") == 1
