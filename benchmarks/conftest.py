@@ -92,8 +92,12 @@ def pytest_collection_modifyitems(session, config, items):
         raise pytest.UsageError(str(e)) from None
     device = options.get("device")
     keep, drop, reasons = [], [], {}
+    no_eval_sets = not options.list("eval-sets")
     for item in items:
         params = _params(item)
+        if no_eval_sets and getattr(item, "originalname", "") == "test_accuracy_on_an_eval_set":
+            drop.append(item)  # none asked for (--eval-sets): not a benchmark that did not run
+            continue
         if not ("backend" in params and "shape" in params):
             keep.append(item)
             continue
@@ -134,6 +138,9 @@ def pytest_generate_tests(metafunc):
     try:
         if "model_name" in metafunc.fixturenames:
             metafunc.parametrize("model_name", list(dict.fromkeys(options.list("models"))))
+        if "eval_set" in metafunc.fixturenames:
+            sets = options.eval_sets()
+            metafunc.parametrize("eval_set", sets, ids=[name for name, _ in sets])
         if "scaling_model" in metafunc.fixturenames:
             from dinat_timm.bench.scaling import scaling_sizes
 

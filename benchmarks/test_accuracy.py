@@ -42,6 +42,33 @@ def test_accuracy(benchmark, leaderboard, bench_options, dataset, model_name):
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(result)
+    if tag != GENERATED_TAG:
+        result["eval_set"] = "imagenet"
     row = dict(suite="accuracy", dataset=tag, pretrained=int(pretrained), **result)
+    row["what"] = describe(row)
+    leaderboard.record(csv, flag=skipped_flag(row), **row)
+
+
+def test_accuracy_on_an_eval_set(benchmark, leaderboard, bench_options, eval_set, model_name):
+    """timm's evaluation sets the user points the suite at (``--eval-sets imagenet-a=/data/imagenet-a,…``): each
+    scored by the same pipeline, with its defaults (timm's index and synset lists, ReaL's labels), into
+    ``accuracy_imagenet.csv`` with the set named in ``eval_set``."""
+    name, data_dir = eval_set
+    pretrained = bench_options.get("pretrained") != "0"
+    csv = "accuracy_imagenet.csv"
+    leaderboard.context(csv, suite="accuracy", model=model_name, dataset=data_dir, eval_set=name, pretrained=int(pretrained))
+    split = "" if name in ("imagenet-a", "imagenet-r", "sketch", "imagenetv2-matched-frequency") else bench_options.get("split")
+    result = {}
+
+    def run():
+        result.update(evaluate(
+            model_name, data_dir, split=split, batch_size=bench_options.int("eval-batch-size", 1),
+            max_samples=bench_options.int("max-samples"), device=bench_options.get("device"), pretrained=pretrained,
+            skip_unreadable=bench_options.get("skip-unreadable") == "1", dataset=name,
+        ))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    row = dict(suite="accuracy", dataset=data_dir, pretrained=int(pretrained), **result)
     row["what"] = describe(row)
     leaderboard.record(csv, flag=skipped_flag(row), **row)

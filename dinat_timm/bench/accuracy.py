@@ -16,8 +16,9 @@ import math
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import timm
 import torch
@@ -27,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..models._checkpoint import CheckpointMismatchError
 from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable
-from ..results.writer import CsvWriteError
+from ..results.environment import environment
+from ..results.timm_format import append_timm_row
+from ..results.writer import CsvWriteError, append_rows
 from .steps import param_count
 
 GENERATED_TAG = "generated-tiny"
@@ -97,8 +100,8 @@ class _EachImageOnce(Dataset):
                 image = Image.open(source).convert("RGB")  # convert decodes every pixel
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             name = self.dataset.filename(index)
-            return None, -1 if target is None else target, f"{name} ({type(e).__name__}: {e})"
-        return self.transform(image), -1 if target is None else target, None
+            return None, -1 if target is None else target, f"{name} ({type(e).__name__}: {e})", name
+        return self.transform(image), -1 if target is None else target, None, self.dataset.filename(index, basename=True)
 
 
 class LabelProblem(ValueError):
@@ -166,13 +169,121 @@ def check_labels(folder: Path, num_classes: int) -> None:
                   "every score would be wrong".format(len(names) - 1))
 
 
+# timm's evaluation sets (its validate.py and results/ files), with the defaults each one needs from timm's own
+# lists (timm/data/_info): A and R score the 200 classes they keep (logits sliced to those 1000-class indices);
+# their "clean" baselines score the same 200 classes on the ordinary validation set (a class map of their synsets);
+# ReaL scores against the relabelled lists (timm ships them), skipping images whose list is empty.
+EVAL_SETS = {
+    "imagenet": {},
+    "imagenet-real": {"real_labels": "imagenet_real_labels.json"},
+    "imagenetv2-matched-frequency": {},
+    "sketch": {},
+    "imagenet-a": {"valid_labels": "imagenet_a_indices.txt", "subset": "imagenet_a_synsets.txt"},
+    "imagenet-r": {"valid_labels": "imagenet_r_indices.txt", "subset": "imagenet_r_synsets.txt"},
+    "imagenet-a-clean": {"valid_labels": "imagenet_a_indices.txt", "class_map": "imagenet_a_synsets.txt"},
+    "imagenet-r-clean": {"valid_labels": "imagenet_r_indices.txt", "class_map": "imagenet_r_synsets.txt"},
+}
+_REAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+
+
+def timm_info(name: str) -> Path:
+    """A file of timm's own label lists (``timm/data/_info``)."""
+    import timm.data
+
+    return Path(timm.data.__file__).parent / "_info" / name
+
+
+@dataclass
+class EvalSet:
+    """What scoring a set takes: its name, the logits' columns to keep, a class map, ReaL's lists."""
+
+    name: Optional[str] = None
+    valid_labels: Optional[List[int]] = None
+    subset: Optional[List[str]] = None  # the synsets the valid labels stand for, in order
+    class_map: Optional[str] = None
+    real_labels: Optional[list] = None
+
+    @classmethod
+    def resolve(cls, dataset=None, real_labels=None, class_map=None, valid_labels=None,
+                num_classes: int = 1000) -> "EvalSet":
+        """The set's defaults (``dataset``), overridden by the files given; every file checked and named."""
+        if dataset is not None and dataset not in EVAL_SETS:
+            raise LabelProblem(f"unknown evaluation set {dataset!r}; known: {', '.join(EVAL_SETS)}")
+        defaults = EVAL_SETS.get(dataset, {})
+        if dataset is not None and num_classes != 1000:
+            raise LabelProblem(f"{dataset} is scored with ImageNet-1k's 1000 classes and the model has {num_classes}: "
+                               "use its in1k head (an in22k model's in1k fine-tune)")
+        out = cls(name=dataset)
+        valid = valid_labels or (timm_info(defaults["valid_labels"]) if "valid_labels" in defaults else None)
+        if valid is not None:
+            try:
+                out.valid_labels = [int(line) for line in Path(valid).read_text().split()]
+            except (OSError, ValueError) as e:
+                raise LabelProblem(f"valid labels {valid}: not one class index a line ({e})") from None
+            bad = [i for i in out.valid_labels if not 0 <= i < num_classes]
+            if bad or not out.valid_labels:
+                raise LabelProblem(f"valid labels {valid}: {bad[:3] or 'none'} outside the model's {num_classes} classes")
+        if "subset" in defaults and not valid_labels:
+            out.subset = timm_info(defaults["subset"]).read_text().split()
+        cmap = class_map or (timm_info(defaults["class_map"]) if "class_map" in defaults else None)
+        if cmap is not None:
+            if not Path(cmap).is_file():
+                raise LabelProblem(f"class map {cmap}: no such file")
+            out.class_map = str(cmap)
+        real = real_labels or (timm_info(defaults["real_labels"]) if "real_labels" in defaults else None)
+        if real is not None:
+            try:
+                out.real_labels = json.loads(Path(real).read_text())
+            except (OSError, ValueError) as e:
+                raise LabelProblem(f"ReaL labels {real}: not a JSON list ({e})") from None
+            if not isinstance(out.real_labels, list) or not all(isinstance(x, list) for x in out.real_labels):
+                raise LabelProblem(f"ReaL labels {real}: not a list of label lists, one per validation image")
+        return out
+
+    def check_folder(self, folder: Path, num_classes: int) -> None:
+        """The folder's labels against what the set scores."""
+        if self.class_map:
+            return  # the map numbers the classes; folders it does not name are not read
+        if self.subset is not None:
+            names = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+            stray = [n for n in names if n not in self.subset]
+            if stray:
+                raise LabelProblem(f"{folder}: folder {stray[0]} is not one of the {len(self.subset)} synsets of "
+                                   f"{self.name}" + (f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""))
+            if names != sorted(self.subset):
+                missing = sorted(set(self.subset) - set(names))
+                raise LabelProblem(f"{folder} lacks {len(missing)} of the {len(self.subset)} synsets of {self.name} "
+                                   f"(e.g. {missing[0]}): the folders would not be numbered as its classes")
+        elif self.valid_labels is not None:
+            classes = [d for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
+            if len(classes) != len(self.valid_labels):
+                raise LabelProblem(f"{folder} has {len(classes)} class folders and the valid labels "
+                                   f"{len(self.valid_labels)}: they must be the same classes, in order")
+        else:
+            check_labels(folder, num_classes)
+
+    def real_lists(self, names: List[str]) -> Dict[str, list]:
+        """ReaL's label list of each image, by file name; the list's length must be the set's."""
+        if len(self.real_labels) != len(names):
+            raise LabelProblem(f"the ReaL labels list {len(self.real_labels)} images and the set has {len(names)}: "
+                               "they must be the same validation images")
+        lists = {}
+        for name in names:
+            match = _REAL_NAME.fullmatch(name)
+            if not match or not 1 <= int(match[1]) <= len(self.real_labels):
+                raise LabelProblem(f"{name} is not an ImageNet validation file name (ILSVRC2012_val_00000001.JPEG …): "
+                                   "ReaL labels are matched by it")
+            lists[name] = self.real_labels[int(match[1]) - 1]
+        return lists
+
+
 def _collate(samples):
     """A batch of the readable samples, and the descriptions of those that were not."""
     readable = [s for s in samples if s[0] is not None]
     unreadable = [s[2] for s in samples if s[0] is None]
     images = torch.stack([s[0] for s in readable]) if readable else None
     targets = torch.tensor([s[1] for s in readable], dtype=torch.long)
-    return images, targets, unreadable
+    return images, targets, unreadable, [s[3] for s in readable]
 
 
 def evaluate(
@@ -187,25 +298,37 @@ def evaluate(
     model: Optional[torch.nn.Module] = None,
     progress: Optional[bool] = None,
     skip_unreadable: bool = False,
+    dataset: Optional[str] = None,
+    real_labels=None,
+    class_map=None,
+    valid_labels=None,
     **model_kwargs,
 ) -> dict:
     """Top-1/top-5 (%) of ``model_name`` on an ImageFolder-style set, with its cfg's transforms.
 
     Every image is read once: one that cannot be decoded fails the evaluation (``UnreadableImages``,
     naming it), or with ``skip_unreadable`` is left out, counted in ``skipped`` and named in
-    ``skipped_files``; ``samples`` counts the images actually scored."""
+    ``skipped_files``; ``samples`` counts the images actually scored. ``dataset`` names one of timm's
+    evaluation sets (``EVAL_SETS``) and brings its defaults; ``real_labels``, ``class_map`` and
+    ``valid_labels`` are files with timm's ``validate.py`` meanings."""
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0 (0 = every image), got {max_samples}")
     if model is None:
         model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
     model = model.to(device).eval()
+    eval_set = EvalSet.resolve(dataset, real_labels, class_map, valid_labels, model.num_classes)
     folder = image_root(data_dir, split)
-    check_labels(folder, model.num_classes)
+    eval_set.check_folder(folder, model.num_classes)
     data_config = resolve_data_config({}, model=model)
     transform = create_transform(**data_config, is_training=False)
-    dataset = _EachImageOnce(create_dataset("", root=str(folder), search_split=False, is_training=False), transform)
+    images_of = create_dataset("", root=str(folder), search_split=False, is_training=False,
+                               class_map=eval_set.class_map or "")
+    real = (eval_set.real_lists([images_of.filename(i, basename=True) for i in range(len(images_of))])
+            if eval_set.real_labels is not None else None)
+    dataset = _EachImageOnce(images_of, transform)
     if max_samples:
         dataset = Subset(dataset, range(min(max_samples, len(dataset))))
+    valid = torch.tensor(eval_set.valid_labels) if eval_set.valid_labels is not None else None
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     sampler = UnpaddedDistributedSampler(dataset) if distributed else None
@@ -221,7 +344,7 @@ def evaluate(
     counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images scored, images skipped
     skipped = []
     with torch.inference_mode():
-        for images, targets, unreadable in batches:
+        for images, targets, unreadable, names in batches:
             if unreadable and not skip_unreadable:
                 raise UnreadableImages(
                     f"{len(unreadable)} image(s) of {data_dir} cannot be read: {'; '.join(unreadable[:5])}"
@@ -232,8 +355,16 @@ def evaluate(
             if images is None:
                 continue
             logits = model(images.to(device))
+            if valid is not None:
+                logits = logits[:, valid.to(logits.device)]  # the set's classes, in its order
             k = min(5, logits.shape[-1])
             top = logits.topk(k, dim=-1).indices.cpu()
+            if real is not None:  # any of the image's ReaL labels counts; an image without one is not scored
+                lists = [real[name] for name in names]
+                hit1 = sum(int(t[0]) in labels for t, labels in zip(top.tolist(), lists) if labels)
+                hit5 = sum(any(int(p) in labels for p in t) for t, labels in zip(top.tolist(), lists) if labels)
+                counts[:3] += torch.tensor([hit1, hit5, sum(1 for labels in lists if labels)], dtype=torch.float64)
+                continue
             hits = top.eq(targets[:, None])
             counts[:3] += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=-1).sum().item(), len(targets)],
                                        dtype=torch.float64)
@@ -261,6 +392,7 @@ def evaluate(
         "crop_pct": data_config["crop_pct"],
         "interpolation": data_config["interpolation"],
         "world_size": dist.get_world_size() if distributed else 1,
+        "eval_set": eval_set.name or "",
     }
 
 
@@ -343,6 +475,13 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out images that cannot be decoded (counted, named and flagged in the row) "
                              "instead of failing")
+    parser.add_argument("--dataset", default=None, choices=list(EVAL_SETS), metavar="NAME",
+                        help=f"the evaluation set, with its defaults and named in the row: {', '.join(EVAL_SETS)}")
+    parser.add_argument("--real-labels", default=None, help="ReaL labels JSON (default for imagenet-real: timm's copy)")
+    parser.add_argument("--class-map", default=None, help="class map file, as timm's validate.py takes it")
+    parser.add_argument("--valid-labels", default=None, help="the 1000-class indices to keep, one a line (timm's meaning)")
+    parser.add_argument("--results-file", default=None, help="also write the row in timm's results format to this file")
+    parser.add_argument("--results-format", choices=("csv", "json"), default="csv", help="of --results-file")
     parser.add_argument("--tf32", type=int, choices=(0, 1), default=0,
                         help="TF32 for matmuls and cuDNN convolutions (default 0: reproducible fp32 on GPUs)")
     args = parser.parse_args(argv)
@@ -376,7 +515,8 @@ def main(argv=None) -> int:
     try:
         row = evaluate(
             args.model, data_dir, args.split, args.batch_size, args.max_samples, args.device, args.pretrained,
-            args.workers, skip_unreadable=args.skip_unreadable, **json.loads(args.model_kwargs),
+            args.workers, skip_unreadable=args.skip_unreadable, dataset=args.dataset, real_labels=args.real_labels,
+            class_map=args.class_map, valid_labels=args.valid_labels, **json.loads(args.model_kwargs),
         )
     except UnreadableImages as e:
         print(f"error: {e}", file=sys.stderr)
@@ -387,16 +527,16 @@ def main(argv=None) -> int:
     row.update(dataset=dataset_tag, pretrained=int(args.pretrained))
     row.update(what=describe(row), flag=skipped_flag(row))
     if not dist.is_initialized() or dist.get_rank() == 0:
-        if args.results:
-            from ..results.environment import environment
-            from ..results.writer import append_rows
-
-            measured = {**row, **environment(args.device), "suite": "accuracy", "status": "ok"}
+        measured = {**row, **environment(args.device), "suite": "accuracy", "status": "ok"}
+        for target, write in ((args.results, lambda: append_rows(args.results, [measured])),
+                              (args.results_file, lambda: append_timm_row(args.results_file, row, args.results_format))):
+            if not target:
+                continue
             try:
-                append_rows(args.results, [measured])
-            except (CsvWriteError, OSError) as e:  # never drop a measured row: it goes to stdout instead
+                write()
+            except (CsvWriteError, OSError, ValueError) as e:  # never drop a measured row: it goes to stdout instead
                 print(json.dumps(measured))
-                print(f"error: the row above could not be written to {args.results}: {e}", file=sys.stderr)
+                print(f"error: the row above could not be written to {target}: {e}", file=sys.stderr)
                 return 2
         print(json.dumps(row))
     if dist.is_initialized():

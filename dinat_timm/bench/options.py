@@ -20,6 +20,9 @@ OPTIONS = {
     "device": ("cpu", "cpu, cuda, cuda:1 …"),
     "data-dir": ("", "ImageNet validation set (ImageFolder or anything timm.data.create_dataset reads); empty = generated tiny set"),
     "split": ("validation", "split name for create_dataset"),
+    "eval-sets": ("", "comma list of SET=DIR: timm's evaluation sets to score besides --data-dir (imagenet, "
+                      "imagenet-real, imagenetv2-matched-frequency, sketch, imagenet-a, imagenet-r, imagenet-a-clean, "
+                      "imagenet-r-clean); each row names its set, and `results timm-results` writes timm's files"),
     "batch-size": ("8", "batch size for throughput and memory"),
     "eval-batch-size": ("32", "batch size for accuracy"),
     "img-size": ("", "input size override (default: the model's pretrained cfg)"),
@@ -111,6 +114,20 @@ class BenchOptions:
             values.append(value)
         return values
 
+    def eval_sets(self) -> List[tuple]:
+        """``--eval-sets`` as (set, folder) pairs, each set one the accuracy tool knows and each folder there."""
+        from .accuracy import EVAL_SETS
+
+        pairs = []
+        for item in self.list("eval-sets"):
+            name, sep, folder = item.partition("=")
+            if not sep or name not in EVAL_SETS:
+                raise OptionError(f"--eval-sets: {item!r} is not SET=DIR with SET one of {', '.join(EVAL_SETS)}")
+            if not Path(folder).exists():
+                raise OptionError(f"--eval-sets: {folder}: no such file or directory")
+            pairs.append((name, folder))
+        return pairs
+
     def dtypes(self) -> List[str]:
         """``--dtypes``, each one the suites know."""
         from .steps import DTYPES
@@ -140,6 +157,7 @@ class BenchOptions:
         if self.get("img-size"):
             self.int("img-size", minimum=32)
         scaling_sizes(self)
+        self.eval_sets()
         results = Path(self.get("results-dir")) if self.get("results-dir") else None
         if results is not None:
             if results.exists() and not results.is_dir():

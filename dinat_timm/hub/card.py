@@ -100,7 +100,9 @@ def _measured(arch: str, results_dir: Optional[Path]) -> Dict[str, object]:
                     f"{row.get('git_commit') if pd.notna(row.get('git_commit')) else '–'} |")
     accuracy = read_csv(results_dir / "leaderboard_accuracy.csv")
     if not accuracy.empty:
-        real = accuracy[(accuracy["model"] == arch) & (accuracy_kind(accuracy) == "imagenet")]
+        on_imagenet = (accuracy["eval_set"].fillna("").astype(str).isin(["", "imagenet"]) if "eval_set" in accuracy
+                       else True)
+        real = accuracy[(accuracy["model"] == arch) & (accuracy_kind(accuracy) == "imagenet") & on_imagenet]
         found["top1"] = [f"{r['top1']:.2f} on {r.get('samples')} images ({r.get('device')})" for r in real.to_dict("records")]
     return found
 

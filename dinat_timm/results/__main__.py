@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", default=None, metavar="FILE",
                    help="also write every round's seconds (JSON: per quad, per model, A1 B1 B2 A2) to FILE")
 
+    p = sub.add_parser("timm-results", help="write timm's results files (results-imagenet.csv, -real, -a, …) from the "
+                                            "accuracy rows",
+                       description="timm's results/ files, in its format, for every evaluation set with rows (the "
+                                   "comparison files only where their base has rows): docs/accuracy.md.")
+    p.add_argument("results_dir", help="a results directory (its accuracy CSVs and those of runs/*/)")
+    p.add_argument("-o", "--out", required=True, help="the directory to write results-*.csv into")
+    p.add_argument("--overwrite", action="store_true", help="replace results-*.csv files already there")
+
     p = sub.add_parser("write", help="append rows from pytest-benchmark --benchmark-json output to a CSV")
     p.add_argument("json", help="a pytest-benchmark JSON file")
     p.add_argument("-o", "--out", required=True, help="the CSV to append to (created if missing)")
@@ -132,6 +140,31 @@ def _run(args) -> int:
             raise UsageError(f"no such directory: {args.results_dir}")
         for name, path in build_boards(args.results_dir, args.include_flagged).items():
             print(f"{name}: {path}")
+    elif args.command == "timm-results":
+        from .boards import read_raw
+        from .timm_format import check_targets, timm_tables
+        from .writer import replace_together
+
+        if not Path(args.results_dir).is_dir():
+            raise UsageError(f"no such directory: {args.results_dir}")
+        tables, problems = read_raw(args.results_dir)
+        if problems:
+            raise UsageError(*problems)
+        import pandas as pd
+
+        rows = pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
+        texts = timm_tables(rows)
+        if not texts:
+            raise UsageError(f"{args.results_dir} has no accuracy row of timm's evaluation sets (the eval_set column: "
+                             "run the accuracy tool with --dataset)")
+        problem = check_targets(args.out, list(texts), args.overwrite)
+        if problem:
+            raise UsageError(problem)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        replace_together({Path(args.out) / name: (lambda text: lambda tmp: Path(tmp).write_text(text))(text)
+                          for name, text in texts.items()})
+        for name, text in texts.items():
+            print(f"{Path(args.out) / name}: {text.count(chr(10)) - 1} row(s)")
     elif args.command == "write":
         _existing_files([args.json])
         try:

@@ -55,7 +55,8 @@ def accuracy_board(rows: pd.DataFrame) -> pd.DataFrame:
     board.insert(0, "what", kind.map(ACCURACY_KINDS))
     paper = paper_table()[["model", "paper_top1", "paper_params_m", "paper_gflops"]]
     board = board.merge(paper, on="model", how="left")
-    real = (kind == "imagenet").to_numpy()
+    eval_set = board["eval_set"].fillna("").astype(str) if "eval_set" in board else pd.Series("", index=board.index)
+    real = ((kind == "imagenet") & eval_set.isin(["", "imagenet"])).to_numpy()  # the paper's figure is ImageNet's
     for column in ("paper_top1", "paper_params_m", "paper_gflops"):
         board[column] = board[column].where(real)
     board["top1_delta_vs_paper"] = (board["top1"] - board["paper_top1"]).where(real).round(3)

@@ -102,7 +102,7 @@ def speed_section(board: pd.DataFrame) -> str:
 
 
 def accuracy_section(board: pd.DataFrame) -> str:
-    parts = ["## ImageNet top-1"]
+    parts = ["## Accuracy: ImageNet and timm's evaluation sets"]
     if board.empty:
         return parts[0] + "\n\nNo accuracy rows yet.\n"
     kind = accuracy_kind(board)
@@ -111,10 +111,7 @@ def accuracy_section(board: pd.DataFrame) -> str:
         parts.append("No measurement of the published weights on ImageNet yet: run `pytest benchmarks/test_accuracy.py "
                      "--benchmark-only --data-dir /path/to/imagenet --pretrained 1` where the weights are cached.")
     else:
-        rows = [[r["model"], _cell(r.get("top1"), "{:.2f}"), _cell(r.get("paper_top1"), "{:.1f}"),
-                 _cell(r.get("top1_delta_vs_paper"), "{:+.2f}"), _cell(r.get("samples"), "{:g}"), _cell(r.get("device"), "{}")]
-                for r in real.to_dict("records")]
-        parts.append(_table(["model", "top-1", "paper", "Δ", "images", "device"], rows))
+        parts.append(_sets_table(real))
     others = board[kind != "imagenet"]
     if not others.empty:
         counts = accuracy_kind(others).map(ACCURACY_KINDS).value_counts()
@@ -122,6 +119,34 @@ def accuracy_section(board: pd.DataFrame) -> str:
                      + "; ".join(f"{n} row(s): {what}" for what, n in counts.items())
                      + " (`leaderboard_accuracy.csv`).")
     return "\n\n".join(parts) + "\n"
+
+
+_SET_TITLES = {"imagenet": "ImageNet", "imagenet-real": "ReaL", "imagenetv2-matched-frequency": "V2 (matched)",
+               "sketch": "Sketch", "imagenet-a": "A", "imagenet-a-clean": "A-clean", "imagenet-r": "R",
+               "imagenet-r-clean": "R-clean"}
+
+
+def _sets_table(real: pd.DataFrame) -> str:
+    """One line per model and device: top-1 on each evaluation set that has a row (timm's sets), the paper's
+    top-1 and Δ beside ImageNet's."""
+    real = real.assign(eval_set=real["eval_set"].fillna("").replace("", "imagenet") if "eval_set" in real else "imagenet",
+                       device=real["device"].fillna("") if "device" in real else "")
+    sets = [s for s in _SET_TITLES if s in set(real["eval_set"])]
+    rows = []
+    for (model, device), group in real.groupby(["model", "device"], sort=True, dropna=False):
+        by_set = {r["eval_set"]: r for r in group.to_dict("records")}
+        base = by_set.get("imagenet", {})
+        line = [model]
+        for s in sets:
+            line.append(_cell(by_set[s]["top1"], "{:.2f}") if s in by_set else "–")
+            if s == "imagenet":
+                line += [_cell(base.get("paper_top1"), "{:.1f}"), _cell(base.get("top1_delta_vs_paper"), "{:+.2f}")]
+        rows.append(line + [_cell(device, "{}")])
+    header = ["model"]
+    for s in sets:
+        header += [f"{_SET_TITLES[s]} top-1"] + (["paper", "Δ"] if s == "imagenet" else [])
+    return _table(header + ["device"], rows) + ("\n\ntimm's results files of these rows: `python -m dinat_timm.results "
+                                                "timm-results RESULTS_DIR -o OUT_DIR`.")
 
 
 def scaling_section(board: pd.DataFrame) -> str:

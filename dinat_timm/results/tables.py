@@ -19,7 +19,7 @@ CONFIG_COLUMNS = [
     "suite", "model", "img_size", "infer_img_size", "infer_batch_size", "train_img_size", "train_batch_size",
     "batch", "batch_size", "mode", "stage", "map_size", "heads", "dilation", "rpb", "dtype", "channels_last", "compile",
     "backend",
-    "dataset", "pretrained",
+    "dataset", "eval_set", "pretrained",
 ]
 ENV_COLUMNS = ["device", "natten", "torch"]
 
