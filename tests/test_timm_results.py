@@ -258,3 +258,36 @@ def test_the_suite_scores_the_sets_it_is_pointed_at_and_names_them(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:]
     row = read_csv(results / "accuracy_imagenet.csv").iloc[-1]
     assert row["eval_set"] == "imagenet-a" and row["samples"] == 4 and row["model"] == "nat_mini"
+
+
+def test_from_generated_sets_to_timm_s_files_and_the_leaderboard(tmp_path, imagenet_val):
+    """ImageNet, ReaL and V2 (folders named 0 … 999, numbered as their names) scored by the oracle, the rows
+    written as the accuracy tool writes them, then timm's files and the board: the numbers are the ones
+    computed here from the construction."""
+    from dinat_timm.results.boards import build_boards
+
+    root, items = imagenet_val
+    v2 = _folder(tmp_path / "v2", [(str(c), "x", c if c % 4 else (c + 9) % 1000) for c in range(1000)])
+    (tmp_path / "real.json").write_text(json.dumps([[SYNSETS.index(s)] if i % 3 else [] for i, (s, _, _) in enumerate(items)]))
+    rows = []
+    for name, folder, extra in (("imagenet", root, {}), ("imagenet-real", root, {"real_labels": tmp_path / "real.json"}),
+                                ("imagenetv2-matched-frequency", v2, {})):
+        row = evaluate("oracle", folder, model=Oracle(), dataset=name, batch_size=200, **extra)
+        rows.append(dict(row, model="dinat_tiny", suite="accuracy", status="ok", dataset=str(folder), pretrained=1))
+    results = tmp_path / "results"
+    append_rows(results / "accuracy_imagenet.csv", rows)
+    assert results_cli("timm-results", results, "-o", tmp_path / "timm").returncode == 0
+    truth = [(SYNSETS.index(s), e) for s, _, e in items]
+    top1 = 100 * np.mean([c == e for c, e in truth])
+    real_top1 = 100 * np.mean([c == e for i, (c, e) in enumerate(truth) if i % 3])
+    v2_top1 = 100 * np.mean([c % 4 != 0 for c in range(1000)])
+    imagenet = _read((tmp_path / "timm" / "results-imagenet.csv").read_text())[0]
+    real = _read((tmp_path / "timm" / "results-imagenet-real.csv").read_text())[0]
+    v2_row = _read((tmp_path / "timm" / "results-imagenetv2-matched-frequency.csv").read_text())[0]
+    assert imagenet["top1"] == f"{top1:.3f}" and real["top1"] == f"{real_top1:.3f}" and v2_row["top1"] == f"{v2_top1:.3f}"
+    assert real["top1_diff"] == f"{real_top1 - top1:+.3f}" and real["rank_diff"] == "0"
+    build_boards(results)
+    board = (results / "LEADERBOARD.md").read_text()
+    assert "| model | ImageNet top-1 | paper | Δ | ReaL top-1 | V2 (matched) top-1 | device |" in board
+    line = next(x for x in board.splitlines() if x.startswith("| dinat_tiny |"))
+    assert f"| {top1:.2f} | 82.7 | {top1 - 82.7:+.2f} | {real_top1:.2f} | {v2_top1:.2f} |" in line
