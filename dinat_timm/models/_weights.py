@@ -119,17 +119,19 @@ class WeightSources:
         import urllib.request
 
         target = self.url_cache_file()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = None
         try:
             with urllib.request.urlopen(self.url, timeout=_URL_TIMEOUT_S) as response:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as part:
+                    partial = part.name
                     while chunk := response.read(1 << 20):
                         part.write(chunk)
-            os.replace(part.name, target)  # whole or not at all: an interrupted download leaves no file
+            os.replace(partial, target)  # whole or not at all: an interrupted download leaves no file
             return str(target), ""
         except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, HTTP error: said with the URL
-            if "part" in locals() and os.path.exists(part.name):
-                os.unlink(part.name)
+            if partial and os.path.exists(partial):
+                os.unlink(partial)
             return None, f"{self.url} could not be fetched: {_first_line(e)}"
 
     def explain(self, variant: str, why: str) -> str:

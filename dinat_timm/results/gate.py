@@ -117,9 +117,10 @@ def overall(judgements: Sequence[Judgement]) -> str:
 
 
 def decide_stream(quads, models: Sequence[str], slowdown: float = DEFAULT_SLOWDOWN, max_quads: int = 10**9,
-                  look_every: int = 1, stop_early: bool = True) -> Tuple[str, List[Judgement], int]:
-    """The rule over a stream of quads (each: {model: (a1, b1, b2, a2)} seconds, in time order), as the
-    gate applies it; the simulation feeds it synthetic streams. Returns (verdict, judgements, quads used)."""
+                  stop_early: bool = True) -> Tuple[str, List[Judgement], int]:
+    """The rule over a stream of quads (each: {model: (a1, b1, b2, a2)}, each side's two rounds in seconds), as
+    the gate applies it; the simulation feeds it synthetic streams. ``stop_early=False`` takes every quad the
+    stream gives (to record a machine's noise). Returns (verdict, judgements, quads used)."""
     boundary = boundary_for(slowdown)
     judgements = [Judgement(m) for m in models]
     used = 0
@@ -127,7 +128,7 @@ def decide_stream(quads, models: Sequence[str], slowdown: float = DEFAULT_SLOWDO
         used += 1
         for j in judgements:
             j.add(quad_sample(*quad[j.model]))
-        if used >= MIN_QUADS and (used - MIN_QUADS) % look_every == 0:
+        if used >= MIN_QUADS:
             for j in judgements:
                 j.judge(boundary)
             verdict = overall(judgements)
