@@ -84,14 +84,14 @@ def _replayed_peak(step: Callable[[], None], model: Optional[torch.nn.Module]) -
         step()  # its allocations are known to the profiler, so the measured run's frees of them are reported
         with record_function(_MEASURED):
             step()
-    events = _allocations_of_measured_step(prof.profiler.kineto_results.experimental_event_tree())
+    mark, events = _allocations_of_measured_step(prof.profiler.kineto_results.experimental_event_tree())
     peak, at = 0, -1
     running = 0
     for i, (_, size, _) in enumerate(events):
         running += size
         if running > peak:
             peak, at = running, i
-    by_block = _alive_by_block(events[: at + 1]) if model is not None else None
+    by_block = _alive_by_block(events[: at + 1], mark) if model is not None else None
     return PeakMemory(peak, CPU_METHOD, by_block)
 
 
@@ -103,8 +103,8 @@ def _walk(roots) -> Iterator:
         stack.extend(node.children)
 
 
-def _allocations_of_measured_step(roots) -> List[Tuple[int, int, object]]:
-    """(time, signed bytes, event) of every CPU allocation and free inside the measured run, in order."""
+def _allocations_of_measured_step(roots) -> Tuple[object, List[Tuple[int, int, object]]]:
+    """The measured run's mark, and (time, signed bytes, event) of every CPU allocation and free inside it, in order."""
     from torch._C._profiler import _EventType
 
     nodes = list(_walk(roots))
@@ -116,12 +116,13 @@ def _allocations_of_measured_step(roots) -> List[Tuple[int, int, object]]:
               if n.tag == _EventType.Allocation and start <= n.start_time_ns <= end
               and n.extra_fields.device.type == "cpu"]
     events.sort(key=lambda e: e[0])
-    return events
+    return marks[0], events
 
 
-def _alive_by_block(events) -> Dict[str, int]:
+def _alive_by_block(events, mark) -> Dict[str, int]:
     """Bytes alive at the peak (the last of ``events``), by who allocated them; blocks freed before
-    the step started count as a negative line, so the lines add up to the peak."""
+    the step started count as a negative line, so the lines add up to the peak. ``mark``: the measured
+    run's profiler node, under which its forward and backward ops ran."""
     alive: Dict[int, Tuple[int, object]] = {}
     freed_from_before = 0
     for _, size, node in events:
@@ -132,7 +133,7 @@ def _alive_by_block(events) -> Dict[str, int]:
             del alive[ptr]
         else:
             freed_from_before += size
-    forward_owner = _forward_owners(events)
+    forward_owner = _forward_owners(mark)
     lines: Dict[str, int] = defaultdict(int)
     for size, node in alive.values():
         lines[_owner(node, forward_owner)] += size
@@ -147,26 +148,17 @@ def _ancestors(node) -> Iterator:
         node = node.parent
 
 
-def _forward_owners(events) -> Dict[int, str]:
+def _forward_owners(mark) -> Dict[int, str]:
     """Forward ops' sequence numbers -> the block they ran in: a backward op carries its forward op's
     number, so the gradient memory it allocates is put on the same block."""
     owners: Dict[int, str] = {}
-    roots = {id(n): n for n in (_root(node) for _, _, node in events)}
-    for root in roots.values():
-        for node in _walk([root]):
-            seq = _sequence_number(node)
-            if seq >= 0 and not node.name.startswith("autograd::"):
-                block = _block_of(node)
-                if block:
-                    owners.setdefault(seq, block)
+    for node in _walk([mark]):
+        seq = _sequence_number(node)
+        if seq >= 0 and not node.name.startswith("autograd::"):
+            block = _block_of(node)
+            if block:
+                owners.setdefault(seq, block)
     return owners
-
-
-def _root(node):
-    for node in _ancestors(node):
-        if node.parent is None:
-            return node
-    return node
 
 
 def _block_of(node) -> Optional[str]:
