@@ -159,12 +159,13 @@ def write_csv_atomic(df: pd.DataFrame, path) -> None:
         _replace(df, path)
 
 
-def update_csv(path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
-    """Read, ``change`` and rewrite the CSV at ``path`` under its lock, so that no other writer's rows
-    land in between (and are lost); returns the table written."""
+def update_csv(path, change: Callable[[pd.DataFrame], pd.DataFrame],
+               read: Callable[[Path], pd.DataFrame] = read_csv) -> pd.DataFrame:
+    """Read (with ``read``), ``change`` and rewrite the CSV at ``path`` under its lock, so that no other
+    writer's rows land in between (and are lost); returns the table written."""
     with locked(path) as path:
         _check_target(path)
-        table = change(read_csv(path))
+        table = change(read(path))
         _replace(table, path)
         return table
 
@@ -176,12 +177,14 @@ def append_rows(path, rows: Iterable[Mapping]) -> pd.DataFrame:
     or they belong to another suite than the file's rows."""
     new = pd.DataFrame([dict(r) for r in rows])
 
+    def read_sound(path: Path) -> pd.DataFrame:  # read once, and checked: a rewrite would hide a cut line
+        old, problems = load_checked(path) if path.exists() and path.stat().st_size else (pd.DataFrame(), [])
+        if problems:
+            raise CsvWriteError(f"refusing to append to {path}: {problems[0]}"
+                                + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
+        return old
+
     def change(old: pd.DataFrame) -> pd.DataFrame:
-        if path.exists() and path.stat().st_size:
-            _, problems = load_checked(path)
-            if problems:
-                raise CsvWriteError(f"refusing to append to {path}: {problems[0]}"
-                                    + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""))
         table = new if old.empty else pd.concat([old, new], ignore_index=True, sort=False)
         problems = check_text(_ordered(new).to_csv(index=False), "the new row(s)", require_suite=False)
         suites = sorted(set(table["suite"].dropna().astype(str))) if "suite" in table else []
@@ -191,8 +194,7 @@ def append_rows(path, rows: Iterable[Mapping]) -> pd.DataFrame:
             raise CsvWriteError(f"refusing to write {path}: {'; '.join(problems)}")
         return table
 
-    path = Path(path)
-    return update_csv(path, change)
+    return update_csv(path, change, read_sound)
 
 
 def rows_from_benchmark_json(data) -> list:
