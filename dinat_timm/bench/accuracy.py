@@ -155,10 +155,11 @@ def check_labels(folder: Path, num_classes: int) -> None:
         raise LabelProblem(f"{folder} has {len(classes)} class folders and the model {num_classes} classes: its labels "
                            "cannot be the model's classes")
     names = [d.name for d in classes]
-    if num_classes != 1000 and all(_SYNSET.fullmatch(n) for n in names):
+    synset_folders = all(_SYNSET.fullmatch(n) for n in names)
+    if num_classes != 1000 and synset_folders:
         raise LabelProblem(f"{folder} holds ImageNet synset folders and the model has {num_classes} classes: score "
                            "ImageNet-1k with a 1000-class head (an in22k model's in1k fine-tune), not this one")
-    if num_classes == 1000 and all(_SYNSET.fullmatch(n) for n in names):
+    if num_classes == 1000 and synset_folders:
         synsets = list(ImageNetInfo().label_names())
         if names != synsets:
             unknown = [n for n in names if n not in synsets]
@@ -360,10 +361,10 @@ def evaluate(
             k = min(5, logits.shape[-1])
             top = logits.topk(k, dim=-1).indices.cpu()
             if real is not None:  # any of the image's ReaL labels counts; an image without one is not scored
-                lists = [real[name] for name in names]
-                hit1 = sum(int(t[0]) in labels for t, labels in zip(top.tolist(), lists) if labels)
-                hit5 = sum(any(int(p) in labels for p in t) for t, labels in zip(top.tolist(), lists) if labels)
-                counts[:3] += torch.tensor([hit1, hit5, sum(1 for labels in lists if labels)], dtype=torch.float64)
+                scored = [(t, real[name]) for t, name in zip(top.tolist(), names) if real[name]]
+                hit1 = sum(t[0] in labels for t, labels in scored)
+                hit5 = sum(any(p in labels for p in t) for t, labels in scored)
+                counts[:3] += torch.tensor([hit1, hit5, len(scored)], dtype=torch.float64)
                 continue
             hits = top.eq(targets[:, None])
             counts[:3] += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=-1).sum().item(), len(targets)],
@@ -527,11 +528,11 @@ def main(argv=None) -> int:
     row.update(dataset=dataset_tag, pretrained=int(args.pretrained))
     row.update(what=describe(row), flag=skipped_flag(row))
     if not dist.is_initialized() or dist.get_rank() == 0:
-        measured = {**row, **environment(args.device), "suite": "accuracy", "status": "ok"}
-        for target, write in ((args.results, lambda: append_rows(args.results, [measured])),
-                              (args.results_file, lambda: append_timm_row(args.results_file, row, args.results_format))):
-            if not target:
-                continue
+        writes = [(target, write) for target, write in (
+            (args.results, lambda: append_rows(args.results, [measured])),
+            (args.results_file, lambda: append_timm_row(args.results_file, row, args.results_format))) if target]
+        measured = {**row, **environment(args.device), "suite": "accuracy", "status": "ok"} if writes else row
+        for target, write in writes:
             try:
                 write()
             except (CsvWriteError, OSError, ValueError) as e:  # never drop a measured row: it goes to stdout instead
