@@ -24,51 +24,45 @@ def dataset(request, tmp_path_factory):
     return str(make_tiny_dataset(tmp_path_factory.mktemp("tiny-imagefolder"))), GENERATED_TAG
 
 
+def _score(benchmark, leaderboard, bench_options, model_name, csv, data_dir, dataset, pretrained, split, eval_set=None,
+           named_set=None):
+    """One model on one set, through the accuracy tool's pipeline (``eval_set``: one of timm's sets, with its
+    defaults); the row goes to ``csv`` as it is measured, named ``named_set`` where given."""
+    named = {"eval_set": eval_set} if eval_set else {}
+    leaderboard.context(csv, suite="accuracy", model=model_name, dataset=dataset, pretrained=int(pretrained), **named)
+    result = {}
+
+    def run():
+        result.update(evaluate(
+            model_name, data_dir, split=split, batch_size=bench_options.int("eval-batch-size", 1),
+            max_samples=bench_options.int("max-samples"), device=bench_options.get("device"), pretrained=pretrained,
+            skip_unreadable=bench_options.get("skip-unreadable") == "1", dataset=eval_set,
+        ))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    if named_set:
+        result["eval_set"] = named_set
+    row = dict(suite="accuracy", dataset=dataset, pretrained=int(pretrained), **result)
+    row["what"] = describe(row)
+    leaderboard.record(csv, flag=skipped_flag(row), **row)
+
+
 def test_accuracy(benchmark, leaderboard, bench_options, dataset, model_name):
     data_dir, tag = dataset
     pretrained = bench_options.get("pretrained")
     pretrained = (pretrained == "1") or (pretrained == "auto" and tag != GENERATED_TAG)
     csv = "accuracy_generated.csv" if tag == GENERATED_TAG else "accuracy_imagenet.csv"
-    leaderboard.context(csv, suite="accuracy", model=model_name, dataset=tag, pretrained=int(pretrained))
     split = bench_options.get("split") if tag != GENERATED_TAG else ""
-    result = {}
-
-    def run():
-        result.update(evaluate(
-            model_name, data_dir, split=split, batch_size=bench_options.int("eval-batch-size", 1),
-            max_samples=bench_options.int("max-samples"), device=bench_options.get("device"), pretrained=pretrained,
-            skip_unreadable=bench_options.get("skip-unreadable") == "1",
-        ))
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    if tag != GENERATED_TAG:
-        result["eval_set"] = "imagenet"
-    row = dict(suite="accuracy", dataset=tag, pretrained=int(pretrained), **result)
-    row["what"] = describe(row)
-    leaderboard.record(csv, flag=skipped_flag(row), **row)
+    _score(benchmark, leaderboard, bench_options, model_name, csv, data_dir, tag, pretrained, split,
+           named_set=None if tag == GENERATED_TAG else "imagenet")
 
 
 def test_accuracy_on_an_eval_set(benchmark, leaderboard, bench_options, eval_set, model_name):
     """timm's evaluation sets the user points the suite at (``--eval-sets imagenet-a=/data/imagenet-a,…``): each
     scored by the same pipeline, with its defaults (timm's index and synset lists, ReaL's labels), into
-    ``accuracy_imagenet.csv`` with the set named in ``eval_set``."""
+    ``accuracy_imagenet.csv`` with the set named in ``eval_set`` (a set's folder without split folders is read
+    as it is)."""
     name, data_dir = eval_set
-    pretrained = bench_options.get("pretrained") != "0"
-    csv = "accuracy_imagenet.csv"
-    leaderboard.context(csv, suite="accuracy", model=model_name, dataset=data_dir, eval_set=name, pretrained=int(pretrained))
-    split = "" if name in ("imagenet-a", "imagenet-r", "sketch", "imagenetv2-matched-frequency") else bench_options.get("split")
-    result = {}
-
-    def run():
-        result.update(evaluate(
-            model_name, data_dir, split=split, batch_size=bench_options.int("eval-batch-size", 1),
-            max_samples=bench_options.int("max-samples"), device=bench_options.get("device"), pretrained=pretrained,
-            skip_unreadable=bench_options.get("skip-unreadable") == "1", dataset=name,
-        ))
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    row = dict(suite="accuracy", dataset=data_dir, pretrained=int(pretrained), **result)
-    row["what"] = describe(row)
-    leaderboard.record(csv, flag=skipped_flag(row), **row)
+    _score(benchmark, leaderboard, bench_options, model_name, "accuracy_imagenet.csv", data_dir, data_dir,
+           bench_options.get("pretrained") != "0", bench_options.get("split"), eval_set=name)
