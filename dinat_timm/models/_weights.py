@@ -7,7 +7,6 @@ after a check of the file (present, not empty, a checkpoint format, its checksum
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import zipfile
@@ -25,7 +24,6 @@ _URL_TIMEOUT_S = 10.0  # seconds without a byte before an original-URL download 
 # What timm's train.py pickles beside the tensors (CheckpointSaver: its ``args``): allowed to load with
 # ``weights_only=True``; any other global, such as a function a crafted pickle would call, is refused.
 TRAINING_CHECKPOINT_GLOBALS = (argparse.Namespace,)
-_logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -259,10 +259,11 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
     for label, why in set_aside:
         add(label, "-", None, None, why, compared=False)
     other_devices = {"NEW": _devices(base) - _devices(new), "BASE": _devices(new) - _devices(base)}
+    wanted = sorted(({c for c, _ in _LABEL} | {"infer_samples_per_sec", "train_samples_per_sec"}) - set(keys))
     for _, r in merged.iterrows():
         row = {k: r[k] for k in keys}
-        wanted = {c for c, _ in _LABEL} | {"infer_samples_per_sec", "train_samples_per_sec"}  # the mode's clue
-        for column in sorted(wanted - set(keys)):  # what tells the row apart, from either side
+        intervals = {}  # one bootstrap per row and yardstick: a row's speed and step time share their rounds
+        for column in wanted:  # what tells the row apart (the mode's clue included), from either side
             for side in ("_new", "_base"):
                 value = r.get(column + side)
                 if value is not None and not (not isinstance(value, str) and pd.isna(value)):
@@ -294,8 +295,12 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
                 add(label, shown, b, n, f"not compared: {why}", compared=False)  # a missing yardstick is not a regression
                 continue
             speed_ratio = n / b if m in HIGHER_IS_BETTER else b / n
-            timed = m in SPEED_METRICS or m == "median_ms"  # the figures the rounds (samples_ms) are of
-            interval = speed_interval(r, relative_to if m in SPEED_METRICS else None) if timed else None
+            interval = None
+            if m in SPEED_METRICS or m == "median_ms":  # the figures the rounds (samples_ms) are of
+                yardstick = relative_to if m in SPEED_METRICS else None
+                if yardstick not in intervals:
+                    intervals[yardstick] = speed_interval(r, yardstick)
+                interval = intervals[yardstick]
             if interval is None:
                 add(label, shown, round(b, 4), round(n, 4), speed_change(speed_ratio),
                     regression=(1 - speed_ratio) > max_slowdown)
