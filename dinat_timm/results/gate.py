@@ -147,8 +147,8 @@ def decide_stream(quads, models: Sequence[str], slowdown: float = DEFAULT_SLOWDO
 def _git(root: Path, *args: str) -> str:
     proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise GateError(f"git {' '.join(args)}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['failed']}"
-                        .replace("['", "").replace("']", ""))
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        raise GateError(f"git {' '.join(args)}: {said[-1] if said else 'failed'}")
     return proc.stdout.strip()
 
 
@@ -216,8 +216,9 @@ class GateResult:
 
 def run_gate(root: Path, base: Optional[str] = None, models: Sequence[str] = DEFAULT_MODELS,
              slowdown: float = DEFAULT_SLOWDOWN, budget_s: float = DEFAULT_BUDGET_S, batch_size: int = 4,
-             img_size: int = 224, progress=None, max_quads: int = 10**9, stop_early: bool = True) -> GateResult:
-    """Time the base commit against the working tree of ``root`` and judge; see the module's docstring."""
+             img_size: int = 224, progress=None, stop_early: bool = True) -> GateResult:
+    """Time the base commit against the working tree of ``root`` and judge; see the module's docstring.
+    ``stop_early=False`` spends the whole budget (to record the machine's noise in ``raw``)."""
     root = Path(root).resolve()
     why = "as given"
     if base is None:
@@ -241,7 +242,7 @@ def run_gate(root: Path, base: Optional[str] = None, models: Sequence[str] = DEF
             raw: List[dict] = []
             quads = _quads(a, b, models, started + budget_s)
             verdict, judgements, used = decide_stream(_reporting(quads, progress, raw), models, slowdown,
-                                                      max_quads=max_quads, stop_early=stop_early)
+                                                      stop_early=stop_early)
         finally:
             for w in workers:
                 w.close()
