@@ -18,8 +18,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dinat_timm.bench.options import OPTIONS, BenchOptions, OptionError, env_name  # noqa: E402
-from dinat_timm.bench.session import COMMITTED, BenchSession  # noqa: E402
-from dinat_timm.results.environment import precision_settings, set_tf32  # noqa: E402
+from dinat_timm.bench.session import RESULTS, BenchSession  # noqa: E402
+from dinat_timm.bench.environment import precision_settings, set_tf32  # noqa: E402
 
 _SUITE_OF = {"test_throughput": "throughput", "test_memory": "memory", "test_accuracy": "accuracy",
              "test_op_speed": "op", "test_scaling": "scaling"}
@@ -43,7 +43,7 @@ def pytest_configure(config):
     options = BenchOptions(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_id = f"{socket.gethostname()}-{stamp}"
-    options.run_results_dir = str(COMMITTED / "runs" / run_id)
+    options.run_results_dir = str(RESULTS / "runs" / run_id)
     config.stash[_SESSION_KEY] = BenchSession(options, run_id)
     if getattr(config.option, "help", False):
         return

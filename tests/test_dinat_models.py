@@ -5,22 +5,30 @@ import json
 import pytest
 import timm
 import torch
+from _helpers import FIXTURES, fixture, put_in_hf_cache, serialized
 from timm.data import create_transform, resolve_data_config
 
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.models._checkpoint import CheckpointMismatchError
+from dinat_timm.models.dinat import checkpoint_filter_fn
 from dinat_timm.ops.backends import BACKENDS
 from dinat_timm.ops.chooser import why_not
-from dinat_timm.models.dinat import checkpoint_filter_fn
-
-from _helpers import FIXTURES, fixture, put_in_hf_cache, serialized
 
 UPSTREAM = fixture("upstream_dinat_small.pt")
+
+
 HF = fixture("hf_dinat_small.pt")
+
+
 MANIFEST_UP = json.loads((FIXTURES / "manifests_upstream.json").read_text())["models"]
+
+
 MANIFEST_HF = json.loads((FIXTURES / "manifests_hf.json").read_text())["models"]
-# manifest names of the IN-22K checkpoints -> the architectures (and tags) that load them
+
+
 ARCH_OF = {"dinat_large_21k": "dinat_large", "dinat_large_21k_11x11": "dinat_large_384_11x11"}
+
+
 HIERARCHICAL = [n for n in MANIFEST_UP if n.startswith(("dinat_", "nat_")) and not n.startswith(("dinat_s_", "dinat_isotropic", "nat_isotropic"))]
 
 
@@ -31,9 +39,6 @@ def small_kwargs(config):
         mlp_ratio=config["mlp_ratio"], kernel_size=config["kernel_size"], dilations=config["dilations"],
         layer_scale=layer_scale, num_classes=10,
     )
-
-
-# -- parity with the reference implementations --------------------------------------------------------
 
 
 def test_original_checkpoint_parity_via_torch_hub_cache(torch_hub_dir):
@@ -77,9 +82,6 @@ def test_model_parity_on_every_pure_pytorch_backend(backend):
         torch.testing.assert_close(model(UPSTREAM["input"][:1]), UPSTREAM["logits"][:1], atol=1e-4, rtol=0)
 
 
-# -- the real architectures, key for key ------------------------------------------------------------
-
-
 @pytest.mark.parametrize("name", HIERARCHICAL)
 def test_original_layout_converts_exactly(name):
     entry = MANIFEST_UP[name]
@@ -121,9 +123,6 @@ def test_rpb_is_resized_for_another_kernel():
     model.load_state_dict(converted)
 
 
-# -- pretrained cfgs and preprocessing --------------------------------------------------------------
-
-
 @pytest.mark.parametrize("tag", timm.list_pretrained("dinat*") + timm.list_pretrained("nat_*"))
 def test_pretrained_cfgs(tag):
     arch = tag.split(".")[0]
@@ -149,9 +148,6 @@ def test_hf_repos_are_the_published_ones():
     assert ids["dinat_large_384_11x11.in22k_ft_in1k"] == "shi-labs/dinat-large-11x11-in22k-in1k-384"
     assert ids["nat_base.in1k"] == "shi-labs/nat-base-in1k-224"
     assert not ids["dinat_large.in22k"]  # no Hub repo: loads from the original URL
-
-
-# -- errors ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +195,6 @@ def test_checkpoint_with_missing_and_unexpected_keys_names_them(tiny):
 def test_unknown_kwargs_raise_type_error():
     with pytest.raises(TypeError):
         timm.create_model("dinat_mini", windw_size=7)
-
-
-# -- native timm behaviour -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [(32, 32), (96, 96), (128, 160), (224, 224)])
@@ -302,9 +295,6 @@ def test_auto_under_compile_picks_only_backends_that_compile():
     assert preference("cuda", compiling=True)[0] == "triton"
 
 
-# -- where pretrained weights come from, offline ---------------------------------------------------------
-
-
 def test_offline_without_weights_fails_at_once_naming_files_caches_urls_and_the_file_option(hf_cache, torch_hub_dir):
     import time
 
@@ -354,3 +344,13 @@ def test_the_loaded_weights_are_not_kept_a_second_time_in_the_cfg(tmp_path, feat
     cfgs = [getattr(m, a) for m in model.modules() for a in ("pretrained_cfg", "default_cfg") if isinstance(getattr(m, a, None), dict)]
     assert cfgs and not any("state_dict" in cfg for cfg in cfgs)
     assert model.pretrained_cfg["file"] == str(path)
+
+
+def test_set_attn_backend_refuses_unknown_names_at_once():
+    model = timm.create_model("nat_mini", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+    with pytest.raises(ValueError, match=r"unknown attention backend 'does_not_exist'.*'gather'.*'tiled'.*'triton'"):
+        model.set_attn_backend("does_not_exist")
+    with pytest.raises(ValueError, match="unknown attention backend 'cudnn'"):
+        timm.create_model("nat_mini", attn_backend="cudnn")
+    model.set_attn_backend("gather")
+    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"gather"}

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dinat_timm.results.gate import (CONFIDENCE, MIN_QUADS, Judgement, boundary_for, decide_stream,
+from dinat_timm.gate.rule import (CONFIDENCE, MIN_QUADS, Judgement, boundary_for, decide_stream,
                                      in_quad_order, order_statistic_rank, quad_sample)
-from dinat_timm.results.gate_simulation import NOISE, error_rates, stream
+from dinat_timm.gate.simulation import NOISE, error_rates, stream
 
-from _helpers import results_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +138,7 @@ def clone_with_slower_hierarchical_models(where: Path, extra: float) -> Path:
 
 
 def _gate_in(tree: Path, *args):
-    return subprocess.run([sys.executable, "-m", "dinat_timm.results", "gate", "--format", "json", *args],
+    return subprocess.run([sys.executable, "-m", "dinat_timm.gate", "--format", "json", *args],
                           capture_output=True, text=True, cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)),
                           timeout=400)
 
@@ -158,8 +157,25 @@ def test_the_gate_fails_a_commit_that_makes_the_forward_15_percent_slower_and_pa
     assert json.loads(same.stdout)["verdict"] == "clear"
 
 
+def gate_cli(*args):
+    """``python -m dinat_timm.gate ARGS`` in this process: what it prints and its exit status."""
+    import contextlib
+    import io
+    import types
+
+    from dinat_timm.gate.__main__ import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def test_gate_refuses_bad_options_in_one_line_each(tmp_path):
-    result = results_cli("gate", "--slowdown", "150", "--budget", "abc", "--models", ",")
+    result = gate_cli("--slowdown", "150", "--budget", "abc", "--models", ",")
     err = result.stderr
     assert result.returncode == 2 and len(err.strip().splitlines()) == 3
     assert "--slowdown '150'" in err and "--budget 'abc' is not a number" in err and "--models names no model" in err
@@ -167,7 +183,7 @@ def test_gate_refuses_bad_options_in_one_line_each(tmp_path):
 
 def test_gate_says_it_cannot_judge_when_the_base_does_not_exist(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    result = results_cli("gate", "--base", "no-such-ref-anywhere", "--budget", "10")
+    result = gate_cli("--base", "no-such-ref-anywhere", "--budget", "10")
     assert result.returncode == 2 and "CANNOT JUDGE" in result.stderr and "no-such-ref-anywhere" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
@@ -183,7 +199,7 @@ def test_gate_cannot_judge_a_base_that_does_not_build(tmp_path):
     subprocess.run(["git", "-C", str(clone), "commit", "-qam", "broken"], check=True, env=env)
     src.write_text(good)
     subprocess.run(["git", "-C", str(clone), "commit", "-qam", "fixed"], check=True, env=env)
-    result = subprocess.run([sys.executable, "-m", "dinat_timm.results", "gate", "--base", "HEAD~1"], cwd=clone,
+    result = subprocess.run([sys.executable, "-m", "dinat_timm.gate", "--base", "HEAD~1"], cwd=clone,
                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(clone)), timeout=300)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and lines == ["gate: CANNOT JUDGE — the base side failed to start or run: "

@@ -3,20 +3,23 @@ exported, then loaded back through timm's ``local-dir:`` and ``hf-hub:`` sources
 Hub cache) with the logits of the original-format load; the card parses as a Hub model card; no
 pickle is written; ``export --all`` dry-runs over every tag; ``push`` refuses clearly offline."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from _helpers import FIXTURES, put_in_hf_cache
 
 import dinat_timm  # noqa: F401
 from dinat_timm.hub import FILES, HubError, check_config, create_model, export, pretrained_tags, tag_table
 from dinat_timm.hub.__main__ import main
 
-from _helpers import FIXTURES, put_in_hf_cache
-
 MANIFEST = json.loads((FIXTURES / "manifests_upstream.json").read_text())["models"]
-# the smallest real architecture of each family, with a tag whose weights are in the original format
+
+
 FAMILIES = {
     "hierarchical": "dinat_mini.in1k",
     "dinat_s": pytest.param("dinat_s_tiny.in1k", marks=pytest.mark.full),
@@ -129,3 +132,88 @@ def test_an_architecture_this_version_does_not_know_says_to_upgrade(tmp_path, ca
         create_model(f"local-dir:{out}", pretrained=True)
     assert main(["check", str(out)]) == 2 and "upgrade dinat-timm" in capsys.readouterr().err
     check_config({"architecture": "dinat_tiny"}, "config.json")  # a known one passes
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def hub(*args):
+    return subprocess.run([sys.executable, "-m", "dinat_timm.hub", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+
+
+def test_export_refuses_to_write_over_a_readme_it_did_not_write(tmp_path):
+    mine = tmp_path / "README.md"
+    mine.write_text("my project\n")
+    result = hub("export", "dinat_mini.in1k", tmp_path, "--dry-run")
+    assert result.returncode == 2 and "README.md exists" in _one_line(result.stderr) and "--overwrite" in result.stderr
+    assert mine.read_text() == "my project\n" and sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]
+
+
+def test_an_export_that_fails_midway_leaves_the_folder_as_it_was(tmp_path):
+    from dinat_timm.hub.export import _write_into
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+
+    def fail(path):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write_into(out, {"model.safetensors": lambda p: p.write_bytes(b"x"), "config.json": fail})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    _write_into(tmp_path / "new", {"a": lambda p: p.write_text("1"), "b": lambda p: p.write_text("2")})
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]  # no staging folder left
+
+
+@pytest.mark.parametrize("args, words", [
+    (["export", "dinat_mini.in1k", "{file}", "--dry-run"], "is a file, not a directory"),
+    (["export", "dinat_mini.in1k", "{dir}", "--dry-run", "--checkpoint", "{dir}/missing.pth"], "no such file"),
+    (["push", "dinat_mini.in1k", "not a/repo id!", "--dry-run"], "is not a Hub repo id"),
+    (["export", "dinat_mini.in1k"], "dinat_mini.in1k is a tag: give the output directory too"),
+    (["export", "no_such.tag", "{dir}", "--dry-run"], "unknown pretrained tag 'no_such.tag'"),
+    (["export", "dinat_mini.in1k", "{file}/below", "--dry-run"], "{file}"),
+    (["check", "{dir}"], "config.json: no such file"),
+])
+def test_dry_runs_make_every_check_of_the_real_run(tmp_path, args, words):
+    (tmp_path / "a-file").write_text("x")
+    fill = dict(file=tmp_path / "a-file", dir=tmp_path)
+    result = hub(*[a.format(**fill) for a in args])
+    assert result.returncode == 2 and words.format(**fill) in _one_line(result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def _export_dir(tmp_path, arch="nat_mini"):
+    """An export as ``save_for_hf`` writes it, of a small model of ``arch``."""
+    from timm.models._hub import save_for_hf
+
+    model = timm.create_model(arch, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], num_classes=10)
+    out = tmp_path / "export"
+    save_for_hf(model, out, model_args=dict(model.architecture, num_classes=10), safe_serialization=True)
+    return out
+
+
+def test_check_loads_what_it_checks(tmp_path):
+    out = _export_dir(tmp_path)
+    ok = hub("check", out)
+    assert ok.returncode == 0 and "weights load into it" in ok.stdout
+    config = json.loads((out / "config.json").read_text())
+    config["model_args"]["embed_dim"] = 32  # another model than the weights
+    (out / "config.json").write_text(json.dumps(config))
+    other = hub("check", out)
+    assert other.returncode == 2 and "does not load into 'nat_mini'" in _one_line(other.stderr)
+    (out / "config.json").write_text("{not json")
+    assert "is not JSON" in _one_line(hub("check", out).stderr)
+    out = _export_dir(tmp_path / "2")
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cut = hub("check", out)
+    assert cut.returncode == 2 and "not a valid safetensors file" in _one_line(cut.stderr)

@@ -5,17 +5,20 @@ give the original code's logits and the pure-PyTorch backend's gradients.
 
 The legacy tests carry the ``natten_legacy`` marker: ``pytest tests -m natten_legacy`` runs them alone
 (CI does, in a NATTEN 0.15.1 environment)."""
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+from _helpers import expected_natten, fixture, skip_unusable
 
 import dinat_timm  # noqa: F401
 from dinat_timm.models import dinat, dinat_s, isotropic
 from dinat_timm.ops import available_backends
 from dinat_timm.ops.backends._natten import natten_version
 from dinat_timm.ops.backends.natten_env import check_expected
-
-from _helpers import expected_natten, fixture, skip_unusable
 
 EXPECTED = expected_natten()
 
@@ -38,7 +41,11 @@ def _legacy_or_skip():
 
 
 UPSTREAM = fixture("upstream_dinat_small.pt")
+
+
 SWIN_SHAPED = fixture("upstream_dinat_s_small.pt")
+
+
 ISOTROPIC = fixture("upstream_isotropic_small.pt")
 
 
@@ -99,3 +106,16 @@ def test_models_on_legacy_natten_train_as_on_tiled(family):
     assert any(n.endswith(".rpb") for n in grads["tiled"])
     for name, grad in grads["tiled"].items():
         torch.testing.assert_close(grads["natten_legacy"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("arch,ok", [("9.0", True), ("8.0;9.0", True), ("10.0", False), ("sm_90", False), ("9", False)])
+def test_legacy_natten_build_takes_a_cuda_arch_list(arch, ok):
+    run = subprocess.run(["bash", str(ROOT / "tools" / "build_legacy_natten.sh"), "0.15.1", arch],
+                         env=dict(os.environ, DRY_RUN="1"), capture_output=True, text=True, timeout=60)
+    if ok:
+        assert run.returncode == 0 and f"NATTEN_CUDA_ARCH={arch} FORCE_CUDA=1" in run.stdout
+    else:
+        assert run.returncode == 2 and "major.minor" in run.stderr and run.stdout == ""

@@ -25,7 +25,7 @@ import timm  # noqa: E402
 import dinat_timm  # noqa: E402,F401
 from dinat_timm.ops.chooser import why_not  # noqa: E402
 from dinat_timm.ops.testing import outputs_and_grads  # noqa: E402
-from dinat_timm.results.environment import set_tf32  # noqa: E402
+from dinat_timm.bench.environment import set_tf32  # noqa: E402
 
 STAGES = [(56, 2, 1), (56, 2, 8), (28, 4, 1), (28, 4, 4), (14, 8, 1), (14, 8, 2), (7, 16, 1), (30, 3, 3)]
 QUICK_STAGES = [(56, 2, 8), (28, 4, 1), (7, 16, 1)]

@@ -2,8 +2,9 @@
 # The package a user installs: build the sdist and the wheel, check them (twine), install the wheel into a
 # fresh virtual environment (no checkout on the path, not editable; torch, timm and the other dependencies
 # come from this environment's site-packages, as they would from an index), and use it there: every
-# registered model is created, a pretrained load reads weights from a cache, the two command lines answer
-# --help, and the CSV rows carry the installed version. Exit non-zero, saying what failed, on any problem.
+# registered model is created, a pretrained load reads weights from a cache, the command lines answer --help,
+# the CSV rows carry the installed version, and outside any checkout a benchmark suite writes its rows under the
+# working directory and an export writes its card. Exit non-zero, saying what failed, on any problem.
 #   bash tools/wheel_smoke.sh            (CI: .ci/run)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,6 +31,7 @@ cd "$work"  # no checkout on the path
 export HF_HUB_OFFLINE=1 TORCH_HOME="$work/torch-home" HF_HOME="$work/hf-home"
 "$work/venv/bin/python" -m dinat_timm.results --help > /dev/null
 "$work/venv/bin/python" -m dinat_timm.hub --help > /dev/null
+"$work/venv/bin/python" -m dinat_timm.gate --help > /dev/null
 "$work/venv/bin/python" - "$root" <<'EOF'
 import sys
 from importlib.metadata import version
@@ -40,7 +42,7 @@ import torch
 
 import dinat_timm
 from dinat_timm.bench.steps import is_dinat_model
-from dinat_timm.results.environment import environment
+from dinat_timm.bench.environment import environment
 
 root = Path(sys.argv[1]).resolve()
 where = Path(dinat_timm.__file__).resolve()
@@ -67,3 +69,18 @@ with torch.no_grad():
 print(f"wheel smoke: {where.parent.name} {dinat_timm.__version__} from {where.parent.parent}: {len(names)} models "
       "created, pretrained load from the cache, both command lines answer")
 EOF
+
+# A suite and a card from the installed wheel, in a folder that is no checkout: the rows go to results/runs/
+# of the working directory, the card is written from the weights in the cache; the checkout gains nothing.
+before=$(ls "$root/results/runs")
+mkdir "$work/suite"
+cp "$root/benchmarks/conftest.py" "$root/benchmarks/test_op_speed.py" "$work/suite/"
+(cd "$work/suite" && "$work/venv/bin/python" -m pytest test_op_speed.py --benchmark-only -p no:cacheprovider -q \
+    --op-backends tiled -k "stage3 and fwd and not fwd_bwd" --rounds 1 --warmup 0 > "$work/suite.log" 2>&1) \
+    || { tail -n 30 "$work/suite.log"; echo "wheel smoke: the op suite failed outside the checkout"; exit 1; }
+rows=$(ls "$work"/suite/results/runs/*/op_speed.csv) \
+    || { tail -n 30 "$work/suite.log"; echo "wheel smoke: the suite wrote no rows under the working directory"; exit 1; }
+[ "$(ls "$root/results/runs")" = "$before" ] || { echo "wheel smoke: the suite wrote into the checkout"; exit 1; }
+(cd "$work/suite" && "$work/venv/bin/python" -m dinat_timm.hub export dinat_mini.in1k "$work/export" > /dev/null)
+grep -q "dinat_mini" "$work/export/README.md" || { echo "wheel smoke: the exported card is missing"; exit 1; }
+echo "wheel smoke: outside any checkout, the op suite wrote ${rows#$work/} and the export wrote its card"

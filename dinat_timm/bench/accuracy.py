@@ -16,7 +16,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -26,9 +26,9 @@ import torch.distributed as dist
 from timm.data import create_dataset, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ..models._checkpoint import CheckpointMismatchError
-from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable
-from ..results.environment import environment
+from ..models._checkpoint import CheckpointMismatchError, head_classes
+from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable, load_checkpoint
+from .environment import environment
 from ..results.timm_format import append_timm_row
 from ..results.writer import CsvWriteError, append_rows
 from .steps import param_count
@@ -287,37 +287,51 @@ def _collate(samples):
     return images, targets, unreadable, [s[3] for s in readable]
 
 
-def evaluate(
-    model_name: str,
-    data_dir,
-    split: str = "validation",
-    batch_size: int = 32,
-    max_samples: int = 0,
-    device: str = "cpu",
-    pretrained: bool = False,
-    workers: int = 0,
-    model: Optional[torch.nn.Module] = None,
-    progress: Optional[bool] = None,
-    skip_unreadable: bool = False,
-    dataset: Optional[str] = None,
-    real_labels=None,
-    class_map=None,
-    valid_labels=None,
-    **model_kwargs,
-) -> dict:
-    """Top-1/top-5 (%) of ``model_name`` on an ImageFolder-style set, with its cfg's transforms.
+def load_model(model_name: str, pretrained: bool = False, checkpoint=None, use_ema: bool = False,
+               **model_kwargs) -> torch.nn.Module:
+    """The model to score: published weights (``pretrained``), a checkpoint file as timm's validate.py takes it
+    (``--checkpoint``, its EMA weights only with ``use_ema``; read safely, either published layout or train.py's,
+    and with as many classes as its classifier has unless ``num_classes`` is given), or random weights."""
+    if not checkpoint:
+        return timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
+    loaded = load_checkpoint(checkpoint, use_ema=use_ema)
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    classifier = getattr(cfg, "classifier", None) if cfg is not None else None
+    classes = head_classes(loaded.state_dict)
+    if classes is None and isinstance(classifier, str) and f"{classifier}.weight" in loaded.state_dict:
+        classes = int(loaded.state_dict[f"{classifier}.weight"].shape[0])  # another timm model's own head
+    if classes is not None:
+        model_kwargs.setdefault("num_classes", classes)
+    overlay = dict(model_kwargs.pop("pretrained_cfg_overlay", None) or {}, file=str(checkpoint),
+                   state_dict=loaded.state_dict)
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
 
-    Every image is read once: one that cannot be decoded fails the evaluation (``UnreadableImages``,
-    naming it), or with ``skip_unreadable`` is left out, counted in ``skipped`` and named in
-    ``skipped_files``; ``samples`` counts the images actually scored. ``dataset`` names one of timm's
-    evaluation sets (``EVAL_SETS``) and brings its defaults; ``real_labels``, ``class_map`` and
-    ``valid_labels`` are files with timm's ``validate.py`` meanings."""
-    if max_samples < 0:
-        raise ValueError(f"max_samples must be >= 0 (0 = every image), got {max_samples}")
-    if model is None:
-        model = timm.create_model(model_name, pretrained=pretrained, **model_kwargs)
-    model = model.to(device).eval()
-    eval_set = EvalSet.resolve(dataset, real_labels, class_map, valid_labels, model.num_classes)
+
+def checkpoint_label(path) -> str:
+    """How a row names the checkpoint it scored: the file's name and the start of its sha256."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{Path(path).name} (sha256 {digest.hexdigest()[:12]})"
+
+
+@dataclass
+class Images:
+    """What scoring reads: the images (each read once), their file names' ReaL lists, the columns to keep."""
+
+    dataset: Dataset
+    data_config: dict
+    eval_set: EvalSet
+    real: Optional[Dict[str, list]]
+    valid: Optional[torch.Tensor]
+
+
+def read_images(data_dir, split: str, model: torch.nn.Module, eval_set: EvalSet, max_samples: int = 0) -> Images:
+    """The set's images with the model's own preprocessing, after checking that their labels are the model's
+    classes (``LabelProblem`` otherwise, before anything is scored)."""
     folder = image_root(data_dir, split)
     eval_set.check_folder(folder, model.num_classes)
     data_config = resolve_data_config({}, model=model)
@@ -330,10 +344,24 @@ def evaluate(
     if max_samples:
         dataset = Subset(dataset, range(min(max_samples, len(dataset))))
     valid = torch.tensor(eval_set.valid_labels) if eval_set.valid_labels is not None else None
+    return Images(dataset, data_config, eval_set, real, valid)
+
+
+@dataclass
+class Counts:
+    hits1: float = 0.0
+    hits5: float = 0.0
+    scored: int = 0
+    skipped: List[str] = field(default_factory=list)
+
+
+def score(model: torch.nn.Module, images: Images, batch_size: int, device: str, workers: int = 0,
+          skip_unreadable: bool = False, progress: Optional[bool] = None, label: str = "") -> Counts:
+    """Top-1 and top-5 hits over every image (every rank's share, all-reduced under torchrun)."""
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
-    sampler = UnpaddedDistributedSampler(dataset) if distributed else None
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+    sampler = UnpaddedDistributedSampler(images.dataset) if distributed else None
+    loader = DataLoader(images.dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                         collate_fn=_collate)
     if progress is None:
         progress = rank == 0 and sys.stderr.isatty()
@@ -341,27 +369,26 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc=f"eval {model_name}", unit="batch")
+        batches = tqdm(loader, desc=f"eval {label}", unit="batch")
     counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images scored, images skipped
     skipped = []
     with torch.inference_mode():
-        for images, targets, unreadable, names in batches:
+        for batch, targets, unreadable, names in batches:
             if unreadable and not skip_unreadable:
                 raise UnreadableImages(
-                    f"{len(unreadable)} image(s) of {data_dir} cannot be read: {'; '.join(unreadable[:5])}"
+                    f"{len(unreadable)} image(s) cannot be read: {'; '.join(unreadable[:5])}"
                     f"{' …' if len(unreadable) > 5 else ''}. Replace them, or pass --skip-unreadable to leave them "
                     "out (the row then says how many and which, and is flagged)")
             skipped += unreadable
             counts[3] += len(unreadable)
-            if images is None:
+            if batch is None:
                 continue
-            logits = model(images.to(device))
-            if valid is not None:
-                logits = logits[:, valid.to(logits.device)]  # the set's classes, in its order
-            k = min(5, logits.shape[-1])
-            top = logits.topk(k, dim=-1).indices.cpu()
-            if real is not None:  # any of the image's ReaL labels counts; an image without one is not scored
-                scored = [(t, real[name]) for t, name in zip(top.tolist(), names) if real[name]]
+            logits = model(batch.to(device))
+            if images.valid is not None:
+                logits = logits[:, images.valid.to(logits.device)]  # the set's classes, in its order
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.cpu()
+            if images.real is not None:  # any of the image's ReaL labels counts; an image without one is not scored
+                scored = [(t, images.real[name]) for t, name in zip(top.tolist(), names) if images.real[name]]
                 hit1 = sum(t[0] in labels for t, labels in scored)
                 hit5 = sum(any(p in labels for p in t) for t, labels in scored)
                 counts[:3] += torch.tensor([hit1, hit5, len(scored)], dtype=torch.float64)
@@ -374,27 +401,64 @@ def evaluate(
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, skipped)
         skipped = [name for part in gathered for name in part]
-    hits1, hits5, n, n_skipped = counts.tolist()
-    if n == 0:
-        raise ValueError(f"no image of {data_dir} (split {split!r}) was scored: the data set is empty"
-                         + (f" or all {int(n_skipped)} images were unreadable" if n_skipped else ""))
-    top1, top5, n = 100 * hits1 / n, 100 * hits5 / n, int(n)
+    hits1, hits5, scored, _ = counts.tolist()
+    return Counts(hits1, hits5, int(scored), skipped)
+
+
+def result_row(model_name: str, model: torch.nn.Module, images: Images, counts: Counts) -> dict:
+    """The row's figures, as timm's results files and the accuracy CSVs hold them."""
+    top1, top5, n = 100 * counts.hits1 / counts.scored, 100 * counts.hits5 / counts.scored, counts.scored
+    skipped = counts.skipped
     return {
         "model": model_name,
-        "img_size": data_config["input_size"][-1],
+        "img_size": images.data_config["input_size"][-1],
         "top1": round(top1, 3),
         "top1_err": round(100 - top1, 3),
         "top5": round(top5, 3),
         "top5_err": round(100 - top5, 3),
         "samples": n,
-        "skipped": int(n_skipped),
+        "skipped": len(skipped),
         "skipped_files": "; ".join(skipped[:20]) + (f" … (+{len(skipped) - 20})" if len(skipped) > 20 else ""),
         "param_count": round(param_count(model), 2),
-        "crop_pct": data_config["crop_pct"],
-        "interpolation": data_config["interpolation"],
-        "world_size": dist.get_world_size() if distributed else 1,
-        "eval_set": eval_set.name or "",
+        "crop_pct": images.data_config["crop_pct"],
+        "interpolation": images.data_config["interpolation"],
+        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "eval_set": images.eval_set.name or "",
     }
+
+
+def evaluate(model_name: str, data_dir, split: str = "validation", batch_size: int = 32, max_samples: int = 0,
+             device: str = "cpu", pretrained: bool = False, workers: int = 0, model: Optional[torch.nn.Module] = None,
+             progress: Optional[bool] = None, skip_unreadable: bool = False, dataset: Optional[str] = None,
+             real_labels=None, class_map=None, valid_labels=None, checkpoint=None, use_ema: bool = False,
+             **model_kwargs) -> dict:
+    """Top-1/top-5 (%) of ``model_name`` on an ImageFolder-style set, with its cfg's transforms: the model
+    (``load_model``), the images with their labels checked (``read_images``), the hits (``score``), the row
+    (``result_row``).
+
+    Every image is read once: one that cannot be decoded fails the evaluation (``UnreadableImages``,
+    naming it), or with ``skip_unreadable`` is left out, counted in ``skipped`` and named in
+    ``skipped_files``; ``samples`` counts the images actually scored. ``dataset`` names one of timm's
+    evaluation sets (``EVAL_SETS``) and brings its defaults; ``real_labels``, ``class_map`` and
+    ``valid_labels`` are files with timm's ``validate.py`` meanings, as are ``checkpoint`` and ``use_ema``."""
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0 (0 = every image), got {max_samples}")
+    if model is None:
+        model = load_model(model_name, pretrained, checkpoint, use_ema, **model_kwargs)
+    model = model.to(device).eval()
+    eval_set = EvalSet.resolve(dataset, real_labels, class_map, valid_labels, model.num_classes)
+    images = read_images(data_dir, split, model, eval_set, max_samples)
+    try:
+        counts = score(model, images, batch_size, device, workers, skip_unreadable, progress, label=model_name)
+    except UnreadableImages as e:
+        raise UnreadableImages(f"{data_dir}: {e}") from None
+    if counts.scored == 0:
+        raise ValueError(f"no image of {data_dir} (split {split!r}) was scored: the data set is empty"
+                         + (f" or all {len(counts.skipped)} images were unreadable" if counts.skipped else ""))
+    row = result_row(model_name, model, images, counts)
+    if checkpoint:
+        row["checkpoint"] = checkpoint_label(checkpoint)
+    return row
 
 
 def skipped_flag(row: dict) -> str:
@@ -445,6 +509,13 @@ def _check_args(args) -> None:
             suites = set(table["suite"].dropna().astype(str)) if "suite" in table else set()
             if not found and suites - {"accuracy"}:
                 problems.append(f"--results {args.results} holds {sorted(suites)} rows: give an accuracy CSV")
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            problems.append(f"--checkpoint {args.checkpoint}: " + ("a directory, not a checkpoint file"
+                                                                   if checkpoint.is_dir() else "no such file"))
+    elif args.use_ema:
+        problems.append("--use-ema picks a --checkpoint's EMA weights: give --checkpoint too")
     if args.device:
         try:
             device = torch.device(args.device)
@@ -469,7 +540,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-samples", type=int, default=0, help="score only the first N images (0 = all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--pretrained", action="store_true")
+    parser.add_argument("--pretrained", action="store_true", help="the published weights (cached, or downloaded)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="score this checkpoint (timm train.py's, or either published layout), as validate.py's "
+                             "--checkpoint; its classes from its classifier unless --model-kwargs gives num_classes")
+    parser.add_argument("--use-ema", action="store_true", help="the --checkpoint's EMA weights, if it has them "
+                                                                "(validate.py's --use-ema)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--model-kwargs", default="{}", help="JSON of extra timm.create_model kwargs")
     parser.add_argument("--results", default="", help="append the row to this CSV (rank 0)")
@@ -493,7 +569,7 @@ def main(argv=None) -> int:
         return 2
 
     import dinat_timm  # noqa: F401  (registers the models)
-    from ..results.environment import set_tf32
+    from .environment import set_tf32
 
     if not timm.models.is_model(args.model.split(".")[0]):
         close = timm.list_models(f"*{args.model.split('.')[0].split('_')[0]}*")[:6]
@@ -515,9 +591,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)  # identical random init on every rank when not pretrained
     try:
         row = evaluate(
-            args.model, data_dir, args.split, args.batch_size, args.max_samples, args.device, args.pretrained,
-            args.workers, skip_unreadable=args.skip_unreadable, dataset=args.dataset, real_labels=args.real_labels,
-            class_map=args.class_map, valid_labels=args.valid_labels, **json.loads(args.model_kwargs),
+            args.model, data_dir, split=args.split, batch_size=args.batch_size, max_samples=args.max_samples,
+            device=args.device, pretrained=args.pretrained, workers=args.workers,
+            skip_unreadable=args.skip_unreadable, dataset=args.dataset, real_labels=args.real_labels,
+            class_map=args.class_map, valid_labels=args.valid_labels, checkpoint=args.checkpoint,
+            use_ema=args.use_ema, **json.loads(args.model_kwargs),
         )
     except UnreadableImages as e:
         print(f"error: {e}", file=sys.stderr)

@@ -99,16 +99,6 @@ def noise_flag(reading: Optional[LoadReading], round_spread: Optional[float]) ->
     return "noisy: " + "; ".join(reasons) if reasons else ""
 
 
-def impossible_flag(mode: str, samples_per_sec: float, other_mode_samples_per_sec: Optional[float]) -> str:
-    """A training step (forward, backward and update) cannot outrun inference of the same configuration."""
-    if other_mode_samples_per_sec is None:
-        return ""
-    train, infer = (samples_per_sec, other_mode_samples_per_sec) if mode == "train" else (other_mode_samples_per_sec, samples_per_sec)
-    if train > infer:
-        return f"impossible: training step {train:.3g} img/s faster than inference {infer:.3g} img/s"
-    return ""
-
-
 def reference_flag(samples_per_sec: float, committed: Sequence[float]) -> str:
     """A yardstick model far slower (or faster) than its committed rows on the same device and settings."""
     if not committed:

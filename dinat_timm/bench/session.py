@@ -2,10 +2,11 @@
 
 ``BenchSession`` is the one state object of a ``pytest benchmarks`` run (``benchmarks/conftest.py``
 creates it and only wires pytest's hooks to it). Every row goes through ``record``: the machine's
-columns are added, the noise guard's reading and any flag attached, the row appended to its CSV
-the moment it is measured (``dinat_timm.results.writer``), and a progress line queued. At the end the
-run's boards are built and a summary printed: where the rows are, which rows were flagged (the
-flags as the CSVs hold them), and why any group of benchmarks did not run.
+columns are added, the noise guard's reading and any flag attached, the row appended to its CSV once,
+the moment it is measured (``dinat_timm.results.writer``), kept in memory, and a progress line queued.
+The CSV is the run's output, never read back: the progress lines and the end-of-run summary (where the
+rows are, which were flagged and why, what did not run) come from the rows held here, with the flags
+that depend on other rows (a training step faster than its inference) derived as boards derive them.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import guard
+from ..results.tables import join_flags
 from .options import BenchOptions
 
-ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "results"  # rows of earlier runs, for the reference-model check
+# The committed rows of earlier runs (for the reference-model check) and, under ``runs/``, each run's own
+# directory: relative to the working directory (the checkout's root, where the README runs the suite).
+RESULTS = Path("results")
 
 
 def sync(device: str) -> None:
@@ -78,25 +81,16 @@ def measure(benchmark, fn: Callable[[], None], device: str, rounds: int, warmup:
                        rounded(spread), guard.noise_flag(reading, spread), tuple(benchmark.stats.stats.data))
 
 
-def join_flags(*flags: str) -> str:
-    return "; ".join(dict.fromkeys(f for f in flags if f))
-
-
-_SAME_CONFIG = ("model", "dtype", "channels_last", "compile", "backend", "pretrained")
-
-
 @dataclass
 class BenchSession:
     options: BenchOptions
     run_id: str
     started: float = field(default_factory=time.perf_counter)
-    rows_written: int = 0
-    written_to: Dict[Path, int] = field(default_factory=dict)  # CSV -> rows this run wrote there
+    written: Dict[Path, List[dict]] = field(default_factory=dict)  # CSV -> the rows this run wrote there
     to_run: List[Tuple] = field(default_factory=list)  # the timing group of each collected test, in order
     done: int = 0
     seconds_by_group: Dict[Tuple, List[float]] = field(default_factory=lambda: defaultdict(list))
     pending: List[str] = field(default_factory=list)  # progress lines, printed when the test ends
-    throughput_seen: Dict[Tuple, Dict[str, float]] = field(default_factory=dict)
     left_out: Dict[Tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (what, why) -> count
     boards: dict = field(default_factory=dict)
     boards_problem: str = ""
@@ -114,7 +108,7 @@ class BenchSession:
 
     def _complete(self, columns: dict) -> dict:
         """A row's own columns, then the machine's, the run and the time."""
-        from ..results.environment import environment
+        from .environment import environment
 
         row = {**columns, **environment(self.device), "run_id": self.run_id}
         row.setdefault("status", "ok")
@@ -131,8 +125,11 @@ class BenchSession:
         except (CsvWriteError, OSError) as e:
             self.unwritten += [(path, str(e).splitlines()[0], row) for row in rows]
             return
-        self.rows_written += len(rows)
-        self.written_to[path] = self.written_to.get(path, 0) + len(rows)
+        self.written.setdefault(path, []).extend(rows)
+
+    @property
+    def rows_written(self) -> int:
+        return sum(len(rows) for rows in self.written.values())
 
     def record_detail(self, csv_name: str, rows: List[dict]) -> None:
         """Append the lines that detail a measured row (a memory breakdown) together, without a progress line."""
@@ -140,71 +137,46 @@ class BenchSession:
             self._append(csv_name, *(self._complete(row) for row in rows))
 
     def record(self, csv_name: str, columns: dict, measured: Optional[Measurement] = None, flag: str = "") -> dict:
-        """Append a measured row to ``csv_name`` in this run's directory, with the guard's reading and
-        every flag (noise, impossible, suspect, the caller's), and queue its progress line."""
+        """Append a measured row to ``csv_name`` in this run's directory, with the guard's reading and its
+        own flags (noise, a suspect reference model, the caller's), and queue its progress line."""
+        from .steps import is_dinat_model
+
         row = self._complete(columns)
-        flags = [flag]
+        flags = [measured.flag if measured is not None else "", flag]
         if measured is not None:
             row.update(measured.columns())
-            flags.insert(0, measured.flag)
-        if row.get("suite") == "throughput":
-            flags += self._throughput_flags(self.results_dir / csv_name, row)
+        if row.get("suite") == "throughput" and not is_dinat_model(row["model"]):
+            mode = "infer" if row.get("infer_samples_per_sec") is not None else "train"
+            flags.append(guard.reference_flag(row[f"{mode}_samples_per_sec"], self._committed_speeds(row, mode)))
         row["flag"] = join_flags(*flags)
         self._append(csv_name, row)
-        self.progress(row)
+        self.progress(row, self._flags_of(self.results_dir / csv_name, row))
         return row
 
     def record_failure(self, csv_name: str, columns: dict, error: str, out_of_memory: bool) -> None:
         self._append(csv_name, self._complete({**columns, "status": "oom" if out_of_memory else "failed",
                                                "error": error[:500]}))
 
-    def _throughput_flags(self, path: Path, row: dict) -> List[str]:
-        """A training step faster than inference of the same configuration (both rows get the flag), and
-        a reference model far from its committed rows on this device and settings."""
-        from ..results.writer import update_csv
-        from .steps import is_dinat_model
+    def _flags_of(self, path: Path, row: dict) -> str:
+        """``row``'s flags as boards and compare read them: its own, and those derived from the other rows
+        this run wrote to the same CSV."""
+        import pandas as pd
 
-        mode = "infer" if row.get("infer_samples_per_sec") is not None else "train"
-        other = "train" if mode == "infer" else "infer"
-        sps = row[f"{mode}_samples_per_sec"]
-        key = tuple(row.get(k) for k in _SAME_CONFIG) + (row.get(f"{mode}_batch_size"), row.get(f"{mode}_img_size"))
-        seen = self.throughput_seen.setdefault(key, {})
-        seen[mode] = sps
-        flags = []
-        if other in seen:
-            impossible = guard.impossible_flag(mode, sps, seen[other])
-            if impossible:
-                flags.append(impossible)
-                column = f"{other}_samples_per_sec"
+        from ..results.tables import flags
 
-                def add_flag(table):  # the earlier row keeps its own flags and gains this one
-                    if table.empty or column not in table:
-                        return table
-                    match = table[column].notna() & (table["run_id"] == self.run_id if "run_id" in table else True)
-                    for k in _SAME_CONFIG + (f"{other}_batch_size", f"{other}_img_size"):
-                        value = row.get(k.replace(other, mode)) if k.startswith(other) else row.get(k)
-                        if k in table and value is not None:
-                            match &= table[k] == value
-                    if "flag" not in table:
-                        table["flag"] = ""
-                    table["flag"] = table["flag"].astype(object)
-                    earlier = table.loc[match, "flag"].fillna("").astype(str)
-                    table.loc[match, "flag"] = [join_flags(f, impossible) for f in earlier]
-                    return table
-
-                update_csv(path, add_flag)
-        if not is_dinat_model(row["model"]):
-            flags.append(guard.reference_flag(sps, self._committed_speeds(row, mode)))
-        return flags
+        rows = self.written.get(path, [])
+        if not rows or rows[-1] is not row:  # not written: nothing to read it against
+            return row.get("flag", "")
+        return flags(pd.DataFrame(rows)).iloc[-1]
 
     def _committed_speeds(self, row: dict, mode: str) -> list:
         """This configuration's images/s in the committed rows (not this run's), same device, unflagged."""
         from ..results.tables import unflagged
         from ..results.writer import read_csv
 
-        table = read_csv(COMMITTED / "throughput.csv")
+        table = read_csv(RESULTS / "throughput.csv")
         column = f"{mode}_samples_per_sec"
-        if table.empty or column not in table:
+        if table.empty or column not in table or "device" not in table:
             return []
         table = unflagged(table)
         match = table[column].notna() & (table["device"] == row["device"]) & (table["status"].fillna("ok") == "ok")
@@ -239,8 +211,9 @@ class BenchSession:
             text += " + " + ", ".join(f"{n} {suite} not yet timed" for suite, n in unknown.items())
         return text
 
-    def progress(self, row: dict) -> None:
-        """Queue one readable line per measured row: what, the figure, elapsed, an estimate of what is left."""
+    def progress(self, row: dict, flag: str = "") -> None:
+        """Queue one readable line per measured row: what, the figure, its flags, elapsed, an estimate of what
+        is left."""
         done = self.done + 1
         elapsed = time.perf_counter() - self.started
         what = " ".join(str(row[k]) for k in ("suite", "model", "backend", "mode", "dtype") if row.get(k) not in (None, ""))
@@ -248,7 +221,7 @@ class BenchSession:
             what += f" {row['map_size']}² d{row['dilation']}"
         if row.get("suite") == "scaling":
             what += f" {row['img_size']}px"
-        flag = f"  [flagged: {row['flag']}]" if row.get("flag") else ""
+        flag = f"  [flagged: {flag}]" if flag else ""
         self.pending.append(f"[{done}/{len(self.to_run)}] {what}: {figure(row)}{flag}  "
                             f"({clock(elapsed)} elapsed, {self.estimate_left()})")
 
@@ -259,21 +232,18 @@ class BenchSession:
     # -- end of run ----------------------------------------------------------------------------------------
 
     def flagged_rows(self) -> List[str]:
-        """Every flagged row this run wrote, with its flag as the CSV holds it now (flags added later,
-        such as 'impossible' on an earlier row, included)."""
+        """Every flagged row this run wrote, with every reason boards and compare see (its own flags, and
+        'impossible' where another row of the run contradicts it)."""
+        import pandas as pd
+
         from ..results.compare import label_of
-        from ..results.writer import read_csv
+        from ..results.tables import flags
 
         lines = []
-        for path in self.written_to:
-            table = read_csv(path)
-            if table.empty or "flag" not in table:
-                continue
-            mine = table[table["run_id"] == self.run_id] if "run_id" in table else table
-            for row in mine.to_dict("records"):
-                flag = row.get("flag")
-                if isinstance(flag, str) and flag.strip():
-                    lines.append(f"{path.name}: {label_of(row)}: {flag}")
+        for path, rows in self.written.items():
+            for row, why in zip(rows, flags(pd.DataFrame(rows))):
+                if why:
+                    lines.append(f"{path.name}: {label_of(row)}: {why}")
         return lines
 
     def build_boards(self) -> None:

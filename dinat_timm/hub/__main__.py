@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "layout; default: timm's caches)")
     p.add_argument("--dry-run", action="store_true", help="say what would be written, from which weights; download and "
                                                           "write nothing")
-    p.add_argument("--results-dir", help="where the measured rows for the card are [default: the checkout's results/]")
+    p.add_argument("--results-dir", help="where the measured rows for the card are [default: results/ of the working directory]")
     p.add_argument("--overwrite", action="store_true", help="replace model.safetensors, config.json or README.md already "
                                                             "in the output directory (refused by default)")
     p = sub.add_parser("push", help="export a tag and upload it to a Hugging Face Hub repo")

@@ -12,8 +12,6 @@ from .. import __version__
 from ..bench.steps import param_count
 from ..models._weights import WeightSources
 
-ROOT = Path(__file__).resolve().parents[2]
-
 CITATION = [
     """@article{hassani2022dilated,
   title   = {Dilated Neighborhood Attention Transformer},
@@ -68,7 +66,9 @@ _BACKENDS = (
 
 
 def _results_dir(results_dir) -> Optional[Path]:
-    path = Path(results_dir) if results_dir else ROOT / "results"
+    """Where the measured rows for the card are: the folder given, else ``results/`` of the working directory
+    (a checkout's root); None where neither holds rows (the card then says none were measured)."""
+    path = Path(results_dir) if results_dir else Path("results")
     return path if (path / "leaderboard_speed.csv").exists() or (path / "throughput.csv").exists() else None
 
 

@@ -3,7 +3,7 @@ original repo's layouts, resizing rpb tables, and naming every key that does not
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -21,20 +21,37 @@ class CheckpointMismatchError(ValueError):
 # Where a checkpoint keeps its weights, in timm's order (``timm.models.load_state_dict`` with its default
 # ``use_ema=True``): train.py's EMA weights first, then its plain ones, then the original repo's ``model``.
 STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state")
+EMA_KEYS = ("state_dict_ema", "model_ema")
+# The classifier's weight under each published layout: ours and timm train.py's, the original repo's,
+# transformers'.
+HEAD_WEIGHTS = ("head.fc.weight", "head.weight", "classifier.weight")
 
 
-def state_dict_key(checkpoint: Mapping) -> str:
-    """Which entry of ``checkpoint`` holds the weights ('' for a bare state dict)."""
-    return next((k for k in STATE_DICT_KEYS if isinstance(checkpoint.get(k), Mapping)), "")
+def state_dict_key(checkpoint: Mapping, use_ema: bool = True) -> str:
+    """Which entry of ``checkpoint`` holds the weights ('' for a bare state dict); the EMA weights only with
+    ``use_ema`` (timm's ``load_state_dict`` takes them by default, its ``validate.py`` only with --use-ema)."""
+    keys = STATE_DICT_KEYS if use_ema else tuple(k for k in STATE_DICT_KEYS if k not in EMA_KEYS)
+    return next((k for k in keys if isinstance(checkpoint.get(k), Mapping)), "")
 
 
-def unwrap_state_dict(state_dict: Dict) -> Dict[str, torch.Tensor]:
+def head_classes(state_dict: Mapping) -> Optional[int]:
+    """How many classes the checkpoint's classifier has (any published layout, DDP and compile prefixes
+    off), or None where it has none."""
+    for key, value in state_dict.items():
+        for wrapper in ("_orig_mod.", "module.", "_orig_mod."):
+            key = key[len(wrapper):] if key.startswith(wrapper) else key
+        if key in HEAD_WEIGHTS and isinstance(value, torch.Tensor) and value.ndim == 2:
+            return int(value.shape[0])
+    return None
+
+
+def unwrap_state_dict(state_dict: Dict, use_ema: bool = True) -> Dict[str, torch.Tensor]:
     """The tensors of a checkpoint: bare, or under one of ``STATE_DICT_KEYS``; DDP and compile prefixes off."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointMismatchError(
             f"the checkpoint holds a {type(state_dict).__name__}, not a state dict (a mapping of parameter names "
             "to tensors, as model.state_dict() returns)")
-    key = state_dict_key(state_dict)
+    key = state_dict_key(state_dict, use_ema)
     state_dict = state_dict[key] if key else state_dict
     out = {}
     for k, v in state_dict.items():

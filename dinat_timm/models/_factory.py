@@ -3,6 +3,7 @@ weights from whichever source serves, and a variant's defaults merged with the c
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Callable, Dict, Optional
 
 from ._checkpoint import CheckpointMismatchError
@@ -48,6 +49,21 @@ def _say_which_weights(loaded) -> None:
                         loaded.path, " and ".join(repr(k) for k in (loaded.key, *loaded.others)), loaded.key)
 
 
+def _warn_if_head_dropped(variant: str, own_file: Optional[str], kwargs: Dict, model) -> None:
+    """Where the caller's own checkpoint has a classifier that the model asked for another number of classes
+    cannot take, timm leaves the head random: say so, and how to keep the trained one."""
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    file_classes, asked = overlay.get("num_classes"), getattr(model, "num_classes", None)
+    if not own_file or file_classes is None or asked in (None, 0, file_classes) or kwargs.get("features_only"):
+        return
+    warnings.warn(
+        f"{own_file}: its classifier head.fc has {file_classes} classes and the model was built for {asked} "
+        f"(num_classes={asked}), so the trained head was dropped and {variant}'s head.fc is randomly initialised. "
+        f"To keep the trained head: leave num_classes out (or pass num_classes={file_classes}) with "
+        f"pretrained_cfg_overlay=dict(file=...), or use timm's timm.create_model({variant!r}, "
+        f"checkpoint_path={own_file!r}, num_classes={file_classes})", UserWarning, stacklevel=4)
+
+
 def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num_features: int, **kwargs):
     """``build_model_with_cfg`` with timm's feature getter over ``num_features`` stages or blocks,
     weights from whichever source can serve them (checked before they are read), and a load failure
@@ -57,6 +73,7 @@ def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num
     out_indices = kwargs.pop("out_indices", tuple(range(num_features)))
     feature_cfg = dict(out_indices=out_indices, feature_cls="getter")
     loaded = None
+    own_file = _weights_file(kwargs) if pretrained else None  # the caller's own checkpoint, if one was given
     if pretrained:
         kwargs, loaded = resolve_weight_source(variant, kwargs)
     source = _weights_file(kwargs) if pretrained else None
@@ -72,6 +89,7 @@ def build_family_model(model_cls, variant: str, pretrained: bool, filter_fn, num
                     cfg.pop("state_dict", None)  # the weights are in the model (a second copy otherwise); the file's name stays
         if loaded is not None:
             _say_which_weights(loaded)
+        _warn_if_head_dropped(variant, own_file, kwargs, model)
         return model
     except CheckpointMismatchError as e:
         if source and source not in str(e):

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ._checkpoint import STATE_DICT_KEYS, CheckpointMismatchError, state_dict_key, unwrap_state_dict
+from ._checkpoint import STATE_DICT_KEYS, CheckpointMismatchError, head_classes, state_dict_key, unwrap_state_dict
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a Hub repo, safe first
 _URL_TIMEOUT_S = 10.0  # seconds without a byte before an original-URL download gives up
@@ -241,11 +241,11 @@ class LoadedCheckpoint:
     others: Tuple[str, ...] = ()  # other entries holding weights that were not taken (train.py's plain ones)
 
 
-def load_checkpoint(path) -> LoadedCheckpoint:
+def load_checkpoint(path, use_ema: bool = True) -> LoadedCheckpoint:
     """The weights in a checkpoint file, read safely after ``check_checkpoint_file``: safetensors, or
     ``torch.load(weights_only=True)`` allowing exactly what timm's train.py pickles beside the tensors
     (``TRAINING_CHECKPOINT_GLOBALS``), so no pickled code runs; train.py's EMA weights are taken when
-    present, as timm does. Every failure names the file."""
+    present and ``use_ema`` (timm's default for pretrained weights). Every failure names the file."""
     check_checkpoint_file(path)
     path = str(path)
     try:
@@ -265,9 +265,9 @@ def load_checkpoint(path) -> LoadedCheckpoint:
                 "alone (torch.save(model.state_dict(), ...) or safetensors) and pass that file") from None
         raise CorruptCheckpoint(f"checkpoint {path} could not be read: {_first_line(e)}") from None
     try:
-        key = state_dict_key(state) if isinstance(state, Mapping) else ""
+        key = state_dict_key(state, use_ema) if isinstance(state, Mapping) else ""
         others = tuple(k for k in STATE_DICT_KEYS if k != key and key and isinstance(state.get(k), Mapping))
-        return LoadedCheckpoint(path, unwrap_state_dict(state), key, others)
+        return LoadedCheckpoint(path, unwrap_state_dict(state, use_ema), key, others)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path}: {e}") from None
 
@@ -288,7 +288,7 @@ def resolve_weight_source(variant: str, kwargs: Dict) -> Tuple[Dict, Optional[Lo
     a copy in the cache (``cache_dir`` if given), else a download into that cache (the Hub through
     huggingface_hub, then the original URL); offline or when no source serves, fail at once saying what
     to place where. Returns timm's keyword arguments and what was read (None: timm reads it itself)."""
-    from timm.models._builder import resolve_pretrained_cfg
+    from timm.models import resolve_pretrained_cfg
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cache_dir = kwargs.get("cache_dir")
@@ -300,6 +300,10 @@ def resolve_weight_source(variant: str, kwargs: Dict) -> Tuple[Dict, Optional[Lo
         if isinstance(cached, str):
             check_checkpoint_file(cached)
         return kwargs, None
+    if cfg.state_dict is not None and "num_classes" not in overlay:  # handed over: its head says its classes
+        classes = head_classes(cfg.state_dict)
+        if classes is not None:
+            return dict(kwargs, pretrained_cfg_overlay=dict(overlay, num_classes=classes)), None
     if cfg.state_dict or cfg.source == "local-dir":  # handed over, or an exported directory timm reads
         return kwargs, None
     sources = WeightSources(cfg.hf_hub_id, cfg.url, str(cache_dir) if cache_dir else None)
@@ -312,6 +316,11 @@ def resolve_weight_source(variant: str, kwargs: Dict) -> Tuple[Dict, Optional[Lo
             raise PretrainedWeightsUnavailable(sources.explain(variant, "; ".join(problems) or "no source is configured"))
     loaded = load_checkpoint(local)
     overlay.update(state_dict=loaded.state_dict, file=str(local))
+    classes = head_classes(loaded.state_dict)
+    if classes is not None and "num_classes" not in overlay:
+        # the file's own classes: timm keeps its head when the model asks for as many (or does not ask), and
+        # drops it only when the model asks for another number (said then, see ``_factory``)
+        overlay["num_classes"] = classes
     return dict(kwargs, pretrained_cfg_overlay=overlay), loaded
 
 

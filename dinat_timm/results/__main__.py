@@ -1,4 +1,4 @@
-"""``python -m dinat_timm.results {compare,gate,merge,boards,write}``: the leaderboards' command line.
+"""``python -m dinat_timm.results {compare,merge,boards,timm-results,write}``: the leaderboards' command line.
 
 Exit status: 0 done (compare: no regression), 1 regression found, 2 the command cannot be carried
 out as asked: a bad option, a missing, empty or malformed CSV (a truncated line, a text or infinite
@@ -8,23 +8,11 @@ such problem is reported at once, one line each on stderr, and nothing is writte
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
-
-class UsageError(Exception):
-    """Printed one line per problem, exit 2."""
-
-    def __init__(self, *problems):
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's usage errors as one line and exit 2, like every other refusal of this command."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+from .cli import Parser, UsageError, fraction, invalid, top1_points
 
 
 def _existing_files(paths):
@@ -34,18 +22,18 @@ def _existing_files(paths):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m dinat_timm.results", description=__doc__,
+    parser = Parser(prog="python -m dinat_timm.results", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("compare", help="compare two CSVs of one suite; exit 1 on a regression, 2 if they cannot be compared",
                        description="Pair BASE's and NEW's rows by configuration (and device) and report each change; "
                                    "a speed drop beyond --max-slowdown or a top-1 drop beyond --max-top1-drop is a regression.")
     p.add_argument("base", help="the reference CSV (e.g. results/throughput.csv)")
     p.add_argument("new", help="the CSV to judge, of the same suite (throughput.csv, memory.csv, op_speed.csv, accuracy_*.csv)")
-    p.add_argument("--max-slowdown", default="10%",
+    p.add_argument("--max-slowdown", default=0.10, type=fraction("--max-slowdown"),
                    help="largest tolerated fall in images/s (or rise in step time), as '10%%' or 0.1 [default: 10%%]")
-    p.add_argument("--max-top1-drop", default="0.1", help="largest tolerated top-1 fall, in points (>= 0) [default: 0.1]")
+    p.add_argument("--max-top1-drop", default=0.1, type=top1_points, help="largest tolerated top-1 fall, in points (>= 0) [default: 0.1]")
     p.add_argument("--relative-to", default=None, metavar="MODEL",
                    help="divide each speed by MODEL's, measured in the same file on the same settings (cancels machine speed)")
     p.add_argument("--allow-device-mismatch", action="store_true",
@@ -68,21 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="directory holding throughput.csv, memory.csv, … [default: results]")
     p.add_argument("--include-flagged", action="store_true", help="also rank and plot rows that carry a flag")
 
-    p = sub.add_parser("gate", help="time the base commit against the working tree side by side; exit 1 on a regression, "
-                                    "2 if it cannot judge",
-                       description="The CI speed gate (docs/ci-speed-gate.md): the base commit (a temporary git worktree) "
-                                   "and the working tree run in two processes, nothing installed, in alternating rounds "
-                                   "(A B B A); each gated model's slowdown is the median of the rounds' log ratios with "
-                                   "a distribution-free interval, sampled until the verdict is clear or the budget is spent.")
-    p.add_argument("--base", default=None, metavar="REF",
-                   help="git ref to compare against [default: a pull request's merge base (GITHUB_BASE_REF); HEAD if "
-                        "the working tree has uncommitted changes; else HEAD~1]")
-    p.add_argument("--models", default="dinat_mini,nat_mini", help="gated models (forward, batch 4) [default: %(default)s]")
-    p.add_argument("--slowdown", default="15%", help="the slowdown to catch, as '15%%' or 0.15 [default: 15%%]")
-    p.add_argument("--budget", default="150", help="seconds of timing rounds at most [default: 150]")
-    p.add_argument("--format", choices=["text", "markdown", "json"], default="text", help="how the verdict is printed")
-    p.add_argument("--samples", default=None, metavar="FILE",
-                   help="also write every round's seconds (JSON: per quad, per model, A1 B1 B2 A2) to FILE")
+    sub.add_parser("gate", add_help=False, help="the CI speed gate: `python -m dinat_timm.gate`, which this runs with the "
+                                                "options that follow")
 
     p = sub.add_parser("timm-results", help="write timm's results files (results-imagenet.csv, -real, -a, …) from the "
                                             "accuracy rows",
@@ -99,11 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gate"]:  # the gate's own command line, in a process of its own (it runs the models)
+        return subprocess.run([sys.executable, "-m", "dinat_timm.gate", *argv[1:]]).returncode
     args = build_parser().parse_args(argv)
     from .boards import BoardsRefused
     from .writer import CsvWriteError
 
     try:
+        if args.command != "compare" and invalid(args):  # compare says them with its files' problems
+            raise UsageError(*invalid(args))
         return _run(args)
     except (UsageError, BoardsRefused) as e:
         for problem in e.problems:
@@ -124,12 +104,12 @@ def _run(args) -> int:
     from .compare import run as run_compare
     from .writer import append_rows, rows_from_benchmark_json
 
-    if args.command == "gate":
-        return _gate(args)
     if args.command == "compare":
-        return run_compare(args.base, args.new, args.max_slowdown, args.max_top1_drop, args.relative_to,
-                           args.allow_device_mismatch, args.only_regressions, args.include_flagged,
-                           args.require_same_rows, args.format)
+        return run_compare(args.base, args.new, max_slowdown=args.max_slowdown, max_top1_drop=args.max_top1_drop,
+                           relative_to=args.relative_to, allow_device_mismatch=args.allow_device_mismatch,
+                           only_regressions=args.only_regressions, include_flagged=args.include_flagged,
+                           require_same_rows=args.require_same_rows, output_format=args.format,
+                           option_problems=invalid(args))
     if args.command == "merge":
         _existing_files(args.inputs)
         table, total = merge(args.inputs, args.out)  # checks every input first
@@ -176,44 +156,6 @@ def _run(args) -> int:
         append_rows(args.out, rows)
         print(f"{len(rows)} rows -> {args.out}")
     return 0
-
-
-def _gate(args) -> int:
-    from .compare import parse_slowdown
-    from .gate import GateError, as_json, as_markdown, run_gate, summary_line
-
-    slowdown, problem = parse_slowdown(args.slowdown)
-    problems = [problem.replace("--max-slowdown", "--slowdown")] if problem else []
-    try:
-        budget = float(args.budget)
-        if not 10 <= budget <= 3600:
-            problems.append(f"--budget {args.budget!r} must be between 10 and 3600 seconds")
-    except ValueError:
-        problems.append(f"--budget {args.budget!r} is not a number of seconds")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models:
-        problems.append("--models names no model")
-    if slowdown == 0:
-        problems.append("--slowdown 0 cannot be caught: give the slowdown that must fail, such as 15%")
-    if problems:
-        raise UsageError(*problems)
-    try:
-        result = run_gate(Path.cwd(), args.base, models, slowdown, budget,
-                          progress=lambda n: print(f"gate: {n} quads …", file=sys.stderr, flush=True))
-    except GateError as e:
-        print(f"gate: CANNOT JUDGE — {e}", file=sys.stderr)
-        return 2
-    if args.samples:
-        import json
-
-        Path(args.samples).write_text(json.dumps({"base": result.base_commit, "order": "a1 b1 b2 a2",
-                                                  "quads": result.raw}) + "\n")
-    if args.format == "json":
-        print(as_json(result))
-    elif args.format == "markdown":
-        print(as_markdown(result))
-    print(summary_line(result), file=sys.stderr if args.format != "text" else sys.stdout)
-    return result.exit_code
 
 
 if __name__ == "__main__":

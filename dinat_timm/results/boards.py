@@ -8,7 +8,8 @@ import pandas as pd
 
 from .leaderboard_md import render as render_markdown
 from .scaling import plot_scaling, scaling_board as fit_scaling
-from .tables import ACCURACY_KINDS, REFERENCE, accuracy_kind, exactly_measured_memory, latest, paper_table, unflagged
+from .tables import (ACCURACY_KINDS, REFERENCE, accuracy_kind, exactly_measured_memory, latest, paper_table, run_of,
+                     unflagged)
 from .validate import load_checked
 from .writer import replace_together, write_csv_atomic
 
@@ -63,22 +64,12 @@ def accuracy_board(rows: pd.DataFrame) -> pd.DataFrame:
     return board
 
 
-def _run_of(df: pd.DataFrame) -> pd.Series:
-    """Which run each row came from: its ``run_id``, or for older rows its commit and day."""
-    commit = df["git_commit"].astype(str) if "git_commit" in df else pd.Series("", index=df.index)
-    day = df["timestamp"].astype(str).str[:10] if "timestamp" in df else pd.Series("", index=df.index)
-    run = commit + "@" + day
-    if "run_id" in df:
-        run = df["run_id"].where(df["run_id"].notna(), run).astype(str)
-    return run
-
-
 def with_reference_ratios(rows: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     """``infer_vs_reference`` / ``train_vs_reference``: images/s over the reference model's, measured in
     the same run on the same device with the same dtype, mode, batch and size (blank where the run
     has no such reference row)."""
     rows = rows.copy()
-    rows["__run"] = _run_of(rows)
+    rows["__run"] = run_of(rows)
     ok = rows["status"].fillna("ok").eq("ok") if "status" in rows else pd.Series(True, index=rows.index)
     for mode in ("infer", "train"):
         column = f"{mode}_samples_per_sec"

@@ -10,21 +10,17 @@ not compared, and fail the verdict only under ``require_same_rows``.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from .tables import flagged, key_columns, latest
+from . import schema
+from .tables import flagged, flags, key_columns, latest
 from .validate import load_checked
-
-HIGHER_IS_BETTER = ["infer_samples_per_sec", "train_samples_per_sec"]
-LOWER_IS_BETTER = ["infer_step_time", "train_step_time", "median_ms", "ratio_vs_windowed"]
-SPEED_METRICS = HIGHER_IS_BETTER + ["infer_step_time", "train_step_time"]  # what --relative-to divides
 
 
 class Refused(ValueError):
@@ -37,32 +33,6 @@ class Refused(ValueError):
 
 class DeviceMismatch(Refused):
     """BASE and NEW have no device in common (a speed ratio across devices means nothing)."""
-
-
-def parse_slowdown(text) -> Tuple[Optional[float], Optional[str]]:
-    """'10%' or 0.1 -> 0.1: a fraction in [0, 1), finite; else (None, why)."""
-    raw = str(text).strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        return None, f"--max-slowdown {text!r} is not a number: give a percentage such as 10% (or the fraction 0.1)"
-    if not math.isfinite(value) or not 0 <= value < 1:
-        hint = ""
-        if not raw.endswith("%") and math.isfinite(value) and value >= 1:
-            hint = f"; a bare number is a fraction, so {raw} would mean {value:.0%}: write a percentage such as '20%'"
-        return None, f"--max-slowdown {text!r} must be a percentage in [0%, 100%) (or a fraction in [0, 1)){hint}"
-    return value, None
-
-
-def parse_top1_drop(text) -> Tuple[Optional[float], Optional[str]]:
-    """Top-1 points: a finite number >= 0; else (None, why)."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        return None, f"--max-top1-drop {text!r} is not a number: give top-1 points, such as 0.1"
-    if not math.isfinite(value) or value < 0:
-        return None, f"--max-top1-drop {text!r} must be a finite number of top-1 points >= 0"
-    return value, None
 
 
 def _relative(df: pd.DataFrame, reference: str, metrics: List[str]) -> pd.DataFrame:
@@ -184,15 +154,10 @@ def mode_of(row) -> str:
     return str(mode) if mode is not None and pd.notna(mode) else ""
 
 
-_LABEL = [("model", "{}"), ("mode", "{}"), ("dtype", "{}"), ("infer_batch_size", "b{:g}"), ("train_batch_size", "b{:g}"),
-          ("batch", "b{:g}"), ("img_size", "{:g}px"), ("map_size", "{:g}²"), ("dilation", "d{:g}"), ("backend", "{}"),
-          ("compile", "compiled"), ("channels_last", "channels-last"), ("device", "@{}")]
-
-
 def label_of(row) -> str:
     """A short configuration label: model, mode, dtype, batch, backend, device (what differs between rows)."""
     parts = []
-    for column, fmt in _LABEL:
+    for column, fmt in schema.LABELS:
         value = mode_of(row) if column == "mode" else row.get(column)
         if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
             continue
@@ -215,102 +180,137 @@ def speed_change(speed_ratio: float) -> str:
     return f"×{shown:.2f} {word}"
 
 
-def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
-            relative_to: Optional[str] = None, allow_device_mismatch: bool = False,
-            include_flagged: bool = False, require_same_rows: bool = False) -> Verdict:
-    """Regressions of NEW against BASE. Rows pair up by configuration and, unless
-    ``allow_device_mismatch``, by device. CSVs that cannot be compared as asked are refused
-    (``Refused``, with every reason); rows present in one file only are listed as not compared,
-    and count as regressions only with ``require_same_rows``."""
-    problems = problems_between(base, new, relative_to)
-    if problems:
-        raise Refused(problems)
-    set_aside, reasons = [], []
-    if not include_flagged:  # flagged rows are listed, not compared (nor do they refuse the rest)
-        for name, df in (("BASE", base), ("NEW", new)):
-            rows = df[flagged(df)]
-            if len(rows):
-                first = rows.iloc[0]
-                reasons.append(f"{name} has {len(rows)} flagged row(s), not compared (e.g. {label_of(first)}: "
-                               f"{first['flag']}); re-measure on an idle machine, or pass --include-flagged")
-                set_aside += [(label_of(r), f"not compared: flagged in {name} ({r['flag']})") for _, r in rows.iterrows()]
-        base, new = base[~flagged(base)], new[~flagged(new)]
-    device_problem = None if allow_device_mismatch else _device_problem(base, new)
-    if device_problem:
-        reasons.append(device_problem)
-    # rows pair up per device too, unless told otherwise: a CSV holding CPU and GPU rows keeps both
-    by_device = () if allow_device_mismatch else ("device",)
+def _set_aside_flagged(base: pd.DataFrame, new: pd.DataFrame):
+    """Flagged rows (their own flags and those derived from other rows) are listed, not compared, and do
+    not refuse the rest. Returns (base, new, reasons, result rows)."""
+    reasons, listed = [], []
+    for name, df in (("BASE", base), ("NEW", new)):
+        why = flags(df)
+        rows = df[why != ""]
+        if len(rows):
+            first = rows.iloc[0]
+            reasons.append(f"{name} has {len(rows)} flagged row(s), not compared (e.g. {label_of(first)}: "
+                           f"{why[rows.index[0]]}); re-measure on an idle machine, or pass --include-flagged")
+            listed += [_result(label_of(r), "-", None, None, f"not compared: flagged in {name} ({why[i]})",
+                               compared=False) for i, r in rows.iterrows()]
+    return base[~flagged(base)], new[~flagged(new)], reasons, listed
+
+
+def _result(label, metric, base, new, change, regression=False, compared=True, interval=None) -> dict:
+    return dict(config=label, metric=metric, base=base, new=new, change=change, regression=regression,
+                compared=compared, interval=interval)
+
+
+@dataclass
+class Aligned:
+    """BASE's and NEW's rows side by side (``merged``, pandas' indicator in ``_merge``), paired on ``keys``."""
+
+    merged: pd.DataFrame
+    keys: List[str]
+    metrics: List[str]
+    by_device: Tuple[str, ...]
+    other_devices: dict
+
+
+def align(base: pd.DataFrame, new: pd.DataFrame, relative_to: Optional[str], by_device: Tuple[str, ...]) -> Aligned:
+    """The latest row of each configuration (per device unless told otherwise), speeds divided by the
+    reference's where asked, and the two sides merged on what identifies a row."""
+    other_devices = {"NEW": _devices(base) - _devices(new), "BASE": _devices(new) - _devices(base)}
     base, new = latest(base, with_env=False, also=by_device), latest(new, with_env=False, also=by_device)
     for frame in (base, new):
         frame["status"] = frame["status"].fillna("ok") if "status" in frame else "ok"
-    metrics = [m for m in HIGHER_IS_BETTER + LOWER_IS_BETTER if m in base.columns and m in new.columns]
+    metrics = [m for m in schema.HIGHER_IS_BETTER + schema.LOWER_IS_BETTER if m in base.columns and m in new.columns]
     if relative_to:
-        speed = [m for m in metrics if m in SPEED_METRICS]
+        speed = [m for m in metrics if m in schema.SPEED_METRICS]
         base, new = _relative(base, relative_to, speed), _relative(new, relative_to, speed)
     keys = [c for c in key_columns(base, with_env=False) if c in new.columns]
     keys += [c for c in by_device if c in base.columns and c in new.columns]
     merged = base.merge(new, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
-    rows = []
+    return Aligned(merged, keys, metrics, by_device, other_devices)
 
-    def add(label, metric, b, n, change, regression=False, compared=True, interval=None):
-        rows.append(dict(config=label, metric=metric, base=b, new=n, change=change, regression=regression,
-                         compared=compared, interval=interval))
 
-    for label, why in set_aside:
-        add(label, "-", None, None, why, compared=False)
-    other_devices = {"NEW": _devices(base) - _devices(new), "BASE": _devices(new) - _devices(base)}
-    wanted = sorted(({c for c, _ in _LABEL} | {"infer_samples_per_sec", "train_samples_per_sec"}) - set(keys))
-    for _, r in merged.iterrows():
-        row = {k: r[k] for k in keys}
-        intervals = {}  # one bootstrap per row and yardstick: a row's speed and step time share their rounds
-        for column in wanted:  # what tells the row apart (the mode's clue included), from either side
-            for side in ("_new", "_base"):
-                value = r.get(column + side)
-                if value is not None and not (not isinstance(value, str) and pd.isna(value)):
-                    row[column] = value
-                    break
-        label = label_of(row)
-        if r["_merge"] != "both":
-            where = "NEW" if r["_merge"] == "left_only" else "BASE"
-            device = row.get("device")
-            why = (f"not compared: {where} has no row measured on {device}" if by_device and device in other_devices[where]
-                   else f"not compared: no such row in {where}")
-            add(label, "-", None, None, why, regression=require_same_rows, compared=False)
+def _row_label(r, keys) -> Tuple[dict, str]:
+    """The identifying cells of a merged row and what tells it apart, from either side; and its label."""
+    row = {k: r[k] for k in keys}
+    wanted = sorted(({c for c, _ in schema.LABELS} | {"infer_samples_per_sec", "train_samples_per_sec"}) - set(keys))
+    for column in wanted:  # what tells the row apart (the mode's clue included), from either side
+        for side in ("_new", "_base"):
+            value = r.get(column + side)
+            if value is not None and not (not isinstance(value, str) and pd.isna(value)):
+                row[column] = value
+                break
+    return row, label_of(row)
+
+
+def judge(r, aligned: Aligned, max_slowdown: float, max_top1_drop: float, relative_to: Optional[str],
+          require_same_rows: bool) -> List[dict]:
+    """What one merged row says: not compared (one side only), failed, or a change per metric."""
+    row, label = _row_label(r, aligned.keys)
+    if r["_merge"] != "both":
+        where = "NEW" if r["_merge"] == "left_only" else "BASE"
+        device = row.get("device")
+        why = (f"not compared: {where} has no row measured on {device}"
+               if aligned.by_device and device in aligned.other_devices[where] else f"not compared: no such row in {where}")
+        return [_result(label, "-", None, None, why, regression=require_same_rows, compared=False)]
+    status = r.get("status_new", "ok")
+    if isinstance(status, str) and status != "ok":
+        return [_result(label, "status", r.get("status_base"), status, "failed", regression=True)]
+    out, intervals = [], {}  # one bootstrap per row and yardstick: a row's speed and step time share their rounds
+    for m in aligned.metrics:
+        b, n = r.get(f"{m}_base"), r.get(f"{m}_new")
+        if pd.isna(b) and pd.isna(n):
+            continue  # not a metric of this row (an infer row has no train figure)
+        shown = m + (f" / {relative_to}" if relative_to and m in schema.SPEED_METRICS else "")
+        if pd.isna(n):
+            out.append(_result(label, shown, b, None, "not compared: not measured in NEW",
+                               regression=require_same_rows, compared=False))
             continue
-        status = r.get("status_new", "ok")
-        if isinstance(status, str) and status != "ok":
-            add(label, "status", r.get("status_base"), status, "failed", regression=True)
+        if pd.isna(b) or b == 0 or n == 0:
+            why = (f"no {relative_to} row with the same settings" if relative_to and m in schema.SPEED_METRICS
+                   else "no figure in BASE")
+            out.append(_result(label, shown, b, n, f"not compared: {why}", compared=False))  # not a regression
             continue
-        for m in metrics:
-            b, n = r.get(f"{m}_base"), r.get(f"{m}_new")
-            if pd.isna(b) and pd.isna(n):
-                continue  # not a metric of this row (an infer row has no train figure)
-            shown = m + (f" / {relative_to}" if relative_to and m in SPEED_METRICS else "")
-            if pd.isna(n):
-                add(label, shown, b, None, "not compared: not measured in NEW", regression=require_same_rows,
-                    compared=False)
-                continue
-            if pd.isna(b) or b == 0 or n == 0:
-                why = f"no {relative_to} row with the same settings" if relative_to and m in SPEED_METRICS else "no figure in BASE"
-                add(label, shown, b, n, f"not compared: {why}", compared=False)  # a missing yardstick is not a regression
-                continue
-            speed_ratio = n / b if m in HIGHER_IS_BETTER else b / n
-            interval = None
-            if m in SPEED_METRICS or m == "median_ms":  # the figures the rounds (samples_ms) are of
-                yardstick = relative_to if m in SPEED_METRICS else None
-                if yardstick not in intervals:
-                    intervals[yardstick] = speed_interval(r, yardstick)
-                interval = intervals[yardstick]
-            if interval is None:
-                add(label, shown, round(b, 4), round(n, 4), speed_change(speed_ratio),
-                    regression=(1 - speed_ratio) > max_slowdown)
-            else:
-                word = interval_word(interval, max_slowdown)
-                add(label, shown, round(b, 4), round(n, 4), f"{speed_change(speed_ratio)}: {word}",
-                    regression=word == "regressed", interval=f"×{interval[0]:.2f}–×{interval[1]:.2f}")
-        if "top1_base" in r and pd.notna(r.get("top1_base")) and pd.notna(r.get("top1_new")):
-            drop = r["top1_base"] - r["top1_new"]
-            add(label, "top1", r["top1_base"], r["top1_new"], f"{-drop:+.2f} pt", regression=drop > max_top1_drop)
+        speed_ratio = n / b if m in schema.HIGHER_IS_BETTER else b / n
+        interval = None
+        if m in schema.TIMED_METRICS:  # the figures the rounds (samples_ms) are of
+            yardstick = relative_to if m in schema.SPEED_METRICS else None
+            if yardstick not in intervals:
+                intervals[yardstick] = speed_interval(r, yardstick)
+            interval = intervals[yardstick]
+        if interval is None:
+            out.append(_result(label, shown, round(b, 4), round(n, 4), speed_change(speed_ratio),
+                               regression=(1 - speed_ratio) > max_slowdown))
+        else:
+            word = interval_word(interval, max_slowdown)
+            out.append(_result(label, shown, round(b, 4), round(n, 4), f"{speed_change(speed_ratio)}: {word}",
+                               regression=word == "regressed", interval=f"×{interval[0]:.2f}–×{interval[1]:.2f}"))
+    if "top1_base" in r and pd.notna(r.get("top1_base")) and pd.notna(r.get("top1_new")):
+        drop = r["top1_base"] - r["top1_new"]
+        out.append(_result(label, "top1", r["top1_base"], r["top1_new"], f"{-drop:+.2f} pt",
+                           regression=drop > max_top1_drop))
+    return out
+
+
+def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
+            relative_to: Optional[str] = None, allow_device_mismatch: bool = False,
+            include_flagged: bool = False, require_same_rows: bool = False) -> Verdict:
+    """Regressions of NEW against BASE: refuse what cannot be compared (``Refused``, with every reason), set
+    flagged rows aside, ``align`` the rest by configuration (and device, unless ``allow_device_mismatch``),
+    ``judge`` each pair. Rows present in one file only are listed as not compared, and count as regressions
+    only with ``require_same_rows``."""
+    problems = problems_between(base, new, relative_to)
+    if problems:
+        raise Refused(problems)
+    reasons, rows = [], []
+    if not include_flagged:
+        base, new, reasons, rows = _set_aside_flagged(base, new)
+    device_problem = None if allow_device_mismatch else _device_problem(base, new)
+    if device_problem:
+        reasons.append(device_problem)
+    # rows pair up per device too, unless told otherwise: a CSV holding CPU and GPU rows keeps both
+    aligned = align(base, new, relative_to, () if allow_device_mismatch else ("device",))
+    for _, r in aligned.merged.iterrows():
+        rows += judge(r, aligned, max_slowdown, max_top1_drop, relative_to, require_same_rows)
     table = pd.DataFrame(rows, columns=["config", "metric", "base", "new", "change", "interval", "regression", "compared"])
     compared = table[table["compared"]] if not table.empty else table
     if compared.empty and not (require_same_rows and table["regression"].any()):
@@ -322,12 +322,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, max_slowdown: float = 0.10, m
                    int((~table["compared"]).sum()) if not table.empty else 0)
 
 
-def run(base_path, new_path, max_slowdown="10%", max_top1_drop="0.1", relative_to=None, allow_device_mismatch=False,
-        only_regressions=False, include_flagged=False, require_same_rows=False, output_format="text") -> int:
-    """The ``compare`` command: 0 no regression, 1 regression, 2 cannot compare (every reason on stderr)."""
-    slowdown, problem_s = parse_slowdown(max_slowdown)
-    top1_drop, problem_t = parse_top1_drop(max_top1_drop)
-    problems = [p for p in (problem_s, problem_t) if p]
+def read_sides(base_path, new_path) -> Tuple[pd.DataFrame, pd.DataFrame, List[str]]:
+    """Both CSVs read and checked, and every problem with them (a file compared with itself among them)."""
+    problems = []
     try:
         same = os.path.samefile(base_path, new_path)
     except OSError:  # a missing file: said below
@@ -335,47 +332,61 @@ def run(base_path, new_path, max_slowdown="10%", max_top1_drop="0.1", relative_t
     if same:
         problems.append(f"BASE {base_path} and NEW {new_path} are the same file: a file compared with itself always "
                         "passes; give the run to judge as NEW")
+    tables = []
     for name, path in (("BASE", base_path), ("NEW", new_path)):
         table, found = load_checked(path, name)
         problems += found
         if not found and table.empty:
             problems.append(f"{name} {path} has no rows: nothing to compare")
-        if name == "BASE":
-            base = table
-        else:
-            new = table
+        tables.append(table)
+    return tables[0], tables[1], problems
+
+
+def run(base: str, new: str, *, max_slowdown: float = 0.10, max_top1_drop: float = 0.1,
+        relative_to: Optional[str] = None, allow_device_mismatch: bool = False, only_regressions: bool = False,
+        include_flagged: bool = False, require_same_rows: bool = False, output_format: str = "text",
+        option_problems: Sequence[str] = ()) -> int:
+    """The ``compare`` command: 0 no regression, 1 regression, 2 cannot compare (every reason on stderr, the
+    options' ``option_problems`` first)."""
+    base_table, new_table, problems = read_sides(base, new)
+    problems = list(option_problems) + problems
     try:
         if problems:
             raise Refused(problems)
-        verdict = compare(base, new, slowdown, top1_drop, relative_to, allow_device_mismatch, include_flagged,
-                          require_same_rows)
+        verdict = compare(base_table, new_table, max_slowdown, max_top1_drop, relative_to, allow_device_mismatch,
+                          include_flagged, require_same_rows)
     except Refused as e:
         for problem in e.problems:
             print(f"error: compare: {problem}", file=sys.stderr)
         return 2
+    print(report(verdict, output_format, only_regressions, max_slowdown, max_top1_drop, relative_to, require_same_rows))
+    return 0 if verdict.passed else 1
+
+
+def report(verdict: Verdict, output_format: str, only_regressions: bool, max_slowdown: float, max_top1_drop: float,
+           relative_to: Optional[str], require_same_rows: bool) -> str:
+    """The verdict as text (a table and the verdict line), markdown or JSON."""
     table = verdict.table[verdict.table["regression"]] if only_regressions else verdict.table
     skipped = f"; {verdict.not_compared} row(s) not compared (listed above)" if verdict.not_compared else ""
     if verdict.not_compared and only_regressions and not require_same_rows:
         skipped = f"; {verdict.not_compared} row(s) not compared (run without --only-regressions to list them)"
     line = (f"verdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
-            f"(max slowdown {slowdown * 100:g}%, max top-1 drop {top1_drop:g} pt"
+            f"(max slowdown {max_slowdown * 100:g}%, max top-1 drop {max_top1_drop:g} pt"
             f"{', speed relative to ' + relative_to if relative_to else ''}){skipped}")
     if output_format == "json":
         import json
 
         rows = table.drop(columns=["compared"]).astype(object).where(table.drop(columns=["compared"]).notna(), None)
-        print(json.dumps({"passed": verdict.passed, "regressions": verdict.regressions,
-                          "not_compared": verdict.not_compared, "max_slowdown": slowdown, "max_top1_drop": top1_drop,
-                          "relative_to": relative_to, "rows": rows.to_dict("records"), "verdict": line}, indent=2,
-                         default=str))
-    elif output_format == "markdown":
-        print(as_markdown(table, verdict, line))
-    else:
-        table = table.drop(columns=["compared"])
-        with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 80):
-            print(table.to_string(index=False) if not table.empty else "(no regressions)")
-        print(f"\n{line}")
-    return 0 if verdict.passed else 1
+        return json.dumps({"passed": verdict.passed, "regressions": verdict.regressions,
+                           "not_compared": verdict.not_compared, "max_slowdown": max_slowdown,
+                           "max_top1_drop": max_top1_drop, "relative_to": relative_to,
+                           "rows": rows.to_dict("records"), "verdict": line}, indent=2, default=str)
+    if output_format == "markdown":
+        return as_markdown(table, verdict, line)
+    table = table.drop(columns=["compared"])
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 80):
+        text = table.to_string(index=False) if not table.empty else "(no regressions)"
+    return f"{text}\n\n{line}"
 
 
 def as_markdown(table: pd.DataFrame, verdict: Verdict, line: str) -> str:

@@ -9,9 +9,10 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from . import schema
 from .tables import exactly_measured_memory, latest
 
-GROUP = ("model", "mode", "device", "dtype", "backend", "batch_size")
+GROUP = schema.SCALING_SERIES
 
 
 def growth_exponent(tokens: Sequence[float], values: Sequence[float]) -> Optional[float]:

@@ -18,8 +18,10 @@ from typing import Dict, List, Mapping, Optional
 
 import pandas as pd
 
-BASE_COLUMNS = ["model", "img_size", "top1", "top1_err", "top5", "top5_err", "param_count", "crop_pct", "interpolation"]
-DIFF_COLUMNS = ["top1_diff", "top5_diff", "rank_diff"]
+from . import schema
+
+BASE_COLUMNS = schema.TIMM_BASE
+DIFF_COLUMNS = schema.TIMM_DIFFS
 SETS = ("imagenet", "imagenet-real", "imagenetv2-matched-frequency", "sketch", "imagenet-a", "imagenet-r",
         "imagenet-a-clean", "imagenet-r-clean")
 BASE_OF = {"imagenet-real": "imagenet", "imagenetv2-matched-frequency": "imagenet", "sketch": "imagenet",

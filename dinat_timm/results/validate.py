@@ -15,37 +15,15 @@ from typing import List, Tuple
 
 import pandas as pd
 
-SUITES = {
-    # suite: columns of which an ``ok`` row needs at least one
-    "throughput": ("infer_samples_per_sec", "train_samples_per_sec"),
-    "memory": ("peak_mem_mb",),
-    "memory_breakdown": ("held_mb",),
-    "accuracy": ("top1",),
-    "op": ("median_ms",),
-    "scaling": ("samples_per_sec",),
-}
+from . import schema
+
+SUITES = schema.HEADLINE  # suite: columns of which an ``ok`` row needs at least one
 STATUSES = {"ok", "failed", "oom"}
 # How a peak-memory figure was measured (the ``method`` column): the bytes of tensors alive at a step's
 # peak beyond those alive before it, from the CPU allocator's events or the CUDA allocator's counters
 # (``dinat_timm.bench.memory``). Boards show and fit memory from these alone: earlier CPU rows read
 # the kernel's resident set, which counted allocator slack and moved with what ran before.
 EXACT_MEMORY_METHODS = ("allocator events (torch.profiler)", "cuda.max_memory_allocated")
-# Columns whose non-empty cells must be finite numbers.
-NUMERIC_COLUMNS = {
-    "infer_img_size", "infer_batch_size", "infer_samples_per_sec", "infer_step_time",
-    "train_img_size", "train_batch_size", "train_samples_per_sec", "train_step_time",
-    "param_count", "gmacs", "peak_mem_mb", "rss_peak_mb", "held_mb", "img_size", "batch", "samples", "skipped",
-    "top1", "top1_err", "top5", "top5_err", "crop_pct",
-    "median_ms", "windowed_ms", "ratio_vs_windowed", "stage", "map_size", "heads", "head_dim", "kernel_size", "dilation",
-    "tokens", "samples_per_sec", "step_time", "batch_size",
-    "channels_last", "compile", "pretrained", "rpb", "outside_load", "steal", "spread", "rounds",
-}
-# Figures that cannot be zero, negative or absurd: a speed or a time of 0 (or 1e308) is a broken row, not a
-# result; memory may be 0 (a step that allocates nothing) but never below.
-POSITIVE_COLUMNS = {"infer_samples_per_sec", "train_samples_per_sec", "samples_per_sec", "infer_step_time",
-                    "train_step_time", "step_time", "median_ms", "windowed_ms"}
-NON_NEGATIVE_COLUMNS = {"peak_mem_mb", "rss_peak_mb"}
-CEILING = 1e7  # no speed in images/s, time in ms or memory in MB of these models comes near it
 _SHOWN = 5  # bad cells named per column before "and N more"
 
 
@@ -98,7 +76,7 @@ def check_table(header, body, label: str, require_suite: bool = True) -> List[st
         if odd:
             problems.append(f"{label}: status must be one of {sorted(STATUSES)}: "
                             + _first(odd, lambda o: f"line {o[0]} says {o[1]!r}"))
-    for name in sorted(NUMERIC_COLUMNS & set(column)):
+    for name in sorted(schema.NUMERIC & set(column)):
         bad = []
         for number, fields in body:
             cell = fields[column[name]].strip()
@@ -115,8 +93,8 @@ def check_table(header, body, label: str, require_suite: bool = True) -> List[st
             problems.append(f"{label}: column {name!r} needs finite numbers: "
                             + _first(bad, lambda b: f"line {b[0]} has {b[1]!r}"))
             continue
-        low = 0 if name in NON_NEGATIVE_COLUMNS else None
-        if name in POSITIVE_COLUMNS or name in NON_NEGATIVE_COLUMNS:
+        low = 0 if name in schema.NON_NEGATIVE else None
+        if name in schema.POSITIVE or name in schema.NON_NEGATIVE:
             odd = [(n, f[column[name]].strip()) for n, f in body if f[column[name]].strip()
                    and not _plausible(float(f[column[name]]), low)]
             if odd:
@@ -143,7 +121,7 @@ def check_table(header, body, label: str, require_suite: bool = True) -> List[st
 
 
 def _plausible(value: float, low) -> bool:
-    return (value >= 0 if low == 0 else value > 0) and value <= CEILING
+    return (value >= 0 if low == 0 else value > 0) and value <= schema.CEILING
 
 
 def _positive_numbers(cell: str) -> bool:

@@ -24,16 +24,9 @@ from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 
+from . import schema
 from .validate import check_text, load_checked
 
-# Columns a timm user recognises come first, in this order, when a row has them.
-LEADING_COLUMNS = [
-    "suite", "status", "model", "img_size", "top1", "top1_err", "top5", "top5_err",
-    "infer_img_size", "infer_batch_size", "infer_samples_per_sec", "infer_step_time",
-    "train_img_size", "train_batch_size", "train_samples_per_sec", "train_step_time",
-    "peak_mem_mb", "param_count", "gmacs", "crop_pct", "interpolation",
-    "dtype", "channels_last", "compile", "backend", "device", "natten", "torch",
-]
 # How long a writer waits for another one to finish with a file before it gives up and says so.
 LOCK_TIMEOUT_S = 120.0
 
@@ -92,7 +85,9 @@ def _remove_leftovers(path: Path) -> None:
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
-    return df[[c for c in LEADING_COLUMNS if c in df.columns] + [c for c in df.columns if c not in LEADING_COLUMNS]]
+    """The columns a timm user recognises first (``schema.LEADING``), then the rest as they came."""
+    lead = [c for c in schema.LEADING if c in df.columns]
+    return df[lead + [c for c in df.columns if c not in lead]]
 
 
 def _staged(path: Path, write: Callable[[str], None]) -> str:
@@ -174,8 +169,12 @@ def append_rows(path, rows: Iterable[Mapping]) -> pd.DataFrame:
     """Append rows (dicts; columns are unioned) to the CSV at ``path``; returns the whole table. Refused
     (``CsvWriteError``, nothing written) when the file as it is now is not a sound results CSV (a cut last
     line would be hidden by the rewrite), or the rows are not sound (a text speed, an impossible figure),
-    or they belong to another suite than the file's rows."""
+    or they belong to another suite than the file's rows, or name a column ``schema`` does not declare."""
     new = pd.DataFrame([dict(r) for r in rows])
+    unknown = schema.undeclared(new.columns)
+    if unknown:
+        raise CsvWriteError(f"refusing to write {path}: column(s) {', '.join(unknown)} are not declared in "
+                            "dinat_timm/results/schema.py (declare a new column there first)")
 
     def read_sound(path: Path) -> pd.DataFrame:  # read once, and checked: a rewrite would hide a cut line
         old, problems = load_checked(path) if path.exists() and path.stat().st_size else (pd.DataFrame(), [])

@@ -6,9 +6,9 @@ machine, ``--samples``), made worse where it was mild: heavy-tailed jitter (Stud
 freedom) on every round, bursts of outside load that hit a few consecutive rounds of either process
 (×1.2–×3), a slow drift of the whole machine (±10% over a run, a sine and a trend), and a fixed
 offset between the two processes even for identical code. The rule sees the streams exactly as the
-gate feeds it (``gate.decide_stream``)::
+gate feeds it (``rule.decide_stream``)::
 
-    python -m dinat_timm.results.gate_simulation 5000
+    python -m dinat_timm.gate.simulation 5000
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
-from .gate import DEFAULT_BUDGET_S, DEFAULT_MODELS, decide_stream, in_quad_order
+from .rule import DEFAULT_BUDGET_S, DEFAULT_MODELS, decide_stream, in_quad_order
 
 
 @dataclass(frozen=True)

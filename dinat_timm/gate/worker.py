@@ -2,8 +2,8 @@
 commit's worktree or the working tree), builds the gated models once, and times one forward of each
 whenever it is told to, so that two such processes can be timed in alternating rounds.
 
-Run as a script by ``python -m dinat_timm.results gate`` (the candidate's copy of this file drives
-both sides: the base commit need not have it). Protocol, one JSON object a line: it prints
+Run as a script by ``python -m dinat_timm.gate`` (the candidate's copy of this file drives both sides:
+the base commit need not have it). Protocol, one JSON object a line: it prints
 ``{"ready": …}`` once built; then for each ``run`` line read on stdin it prints ``{"seconds": {model:
 s}}``; ``quit`` (or end of input) ends it. Nothing is installed: the tree comes first on ``sys.path``.
 """
