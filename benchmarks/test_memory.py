@@ -6,7 +6,7 @@
 import pytest
 
 from dinat_timm.bench.memory import peak_memory
-from dinat_timm.bench.steps import config_columns, model_input_size
+from dinat_timm.bench.steps import cannot_run_at, config_columns, model_input_size
 
 CSV = "memory.csv"
 BREAKDOWN_CSV = "memory_breakdown.csv"
@@ -17,6 +17,9 @@ def test_peak_memory(benchmark, leaderboard, bench_config, bench_options, mode):
     cfg = bench_config
     if cfg.compile:
         pytest.skip("memory is measured eagerly, not compiled")
+    why = cannot_run_at(cfg)  # a reference model at a --img-size it cannot take: skipped, the reason said
+    if why:
+        pytest.skip(why)
     columns = dict(suite="memory", **config_columns(cfg), mode=mode, batch=cfg.batch_size,
                    img_size=cfg.img_size or model_input_size(cfg.model))
     leaderboard.context(CSV, **columns)

@@ -6,8 +6,8 @@ that speed can be read — and compared in CI — as a ratio to them on the same
 import pytest
 
 from dinat_timm.bench.session import measure
-from dinat_timm.bench.steps import (build_model, config_columns, count_gmacs, inference_step, param_count,
-                                    resolve_img_size, train_step)
+from dinat_timm.bench.steps import (build_model, cannot_run_at, config_columns, count_gmacs, inference_step,
+                                    param_count, resolve_img_size, train_step)
 
 CSV = "throughput.csv"
 _GMACS = {}
@@ -16,6 +16,9 @@ _GMACS = {}
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_throughput(benchmark, leaderboard, bench_options, bench_config, mode):
     cfg = bench_config
+    why = cannot_run_at(cfg)  # a reference model at a --img-size it cannot take: skipped, the reason said
+    if why:
+        pytest.skip(why)
     model = build_model(cfg)
     size = resolve_img_size(model, cfg.img_size)
     columns = dict(suite="throughput", **config_columns(cfg), **{f"{mode}_img_size": size, f"{mode}_batch_size": cfg.batch_size})

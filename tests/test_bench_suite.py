@@ -264,3 +264,16 @@ def test_the_suite_writes_tf32_columns_and_accuracy_defaults_to_tf32_off(tmp_pat
     old = pd.DataFrame([{"suite": "accuracy", "model": "old", "top1": 1.0, "device": "cpu (x)"}])
     old.to_csv(out / "accuracy_generated.csv", index=False, mode="a", header=False)
     assert "tf32_matmul" in read_csv(out / "accuracy_generated.csv").columns
+
+
+def test_img_size_builds_the_reference_models_for_it_or_says_why_they_cannot_run(tmp_path):
+    """``--img-size 40``: DiNAT and Swin-T (built for 40 px, as timm's Swin takes ``img_size=``) are measured at
+    40 px; LeViT, whose attention biases are sized for its own grid, is skipped with the reason in the summary.
+    The run exits 0: a documented option never fails the run."""
+    run = _suite(tmp_path, "--img-size", "40", "--reference-models", "swin_tiny_patch4_window7_224,levit_128",
+                 "--rounds", "1", "--warmup", "0")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    rows = read_csv(tmp_path / "throughput.csv")
+    assert dict(zip(rows["model"], rows["infer_img_size"])) == {"nat_mini": 40, "swin_tiny_patch4_window7_224": 40}
+    assert any(line.startswith("1 × throughput benchmark(s) did not run: levit_128 cannot run at 40 px")
+               for line in run.stdout.splitlines()), run.stdout[-3000:]

@@ -104,3 +104,19 @@ def test_torchscript_says_it_is_not_supported_and_what_to_use(family):
     model, _ = small_model(family)
     with pytest.raises(RuntimeError, match=r"not TorchScript-scriptable.*torch\.export"):
         torch.jit.script(model)
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+def test_torch_jit_trace_passes_its_own_check_and_gives_the_eager_logits(family):
+    """The layouts enter the trace as constants and a traced call takes the same path as the check's re-trace,
+    so ``torch.jit.trace``'s own sanity check passes; the traced module gives the eager logits at that size."""
+    import warnings
+
+    model, _ = small_model(family)
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation, and its notes on shape checks
+        traced = torch.jit.trace(model, (x,))
+    other = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(traced(other), model(other), atol=1e-5, rtol=1e-5)

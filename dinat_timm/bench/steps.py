@@ -53,11 +53,34 @@ def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
             extra["attn_backend"] = backend
         if layout != "neighborhood":
             extra["attn_layout"] = layout
-    model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **extra, **kwargs)
+    elif cfg.img_size:
+        extra["img_size"] = cfg.img_size  # a reference model with a fixed token grid (Swin, ViT) is built for it
+    try:
+        model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **extra, **kwargs)
+    except TypeError as e:  # a model whose constructor takes no size (a convnet): any size runs
+        if "img_size" not in str(e):
+            raise
+        extra.pop("img_size")
+        model = timm.create_model(cfg.model, pretrained=cfg.pretrained, **extra, **kwargs)
     model.to(cfg.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def cannot_run_at(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Optional[str]:
+    """Why a reference model cannot run at the requested ``--img-size`` (built for it where its constructor
+    takes a size), from one 1-image forward; None when it runs (or no size was requested, or it is ours)."""
+    if not cfg.img_size or is_dinat_model(cfg.model):
+        return None
+    try:
+        model = model if model is not None else build_model(cfg)
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, cfg.img_size, cfg.img_size, device=cfg.device))
+    except Exception as e:  # noqa: BLE001 - any failure of the reference model at this size is the reason
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"{cfg.model} cannot run at {cfg.img_size} px ({type(e).__name__}: {first[:160]})"
+    return None
 
 
 def attn_layout_and_backend(spec: str):
@@ -120,17 +143,15 @@ def train_step(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> Call
 
 
 def count_gmacs(model_name: str, img_size: Optional[int] = None) -> float:
-    """Multiply-accumulates of one 1-image forward, in billions, as the papers count them.
-
-    Our models are counted through the ``gather`` backend, which does exactly ``k²`` dot
-    products per query (the tiled backend does extra, masked work); conv, linear and attention
-    (Swin/ViT-rpb) through PyTorch's FlopCounterMode.
+    """Multiply-accumulates of one 1-image forward, in billions, as the papers count them: PyTorch's
+    FlopCounterMode, which counts neighborhood attention by its registered formula (``ops.flops``: ``k²``
+    dot products per query, whatever the backend computes) and conv, linear and attention (Swin/ViT-rpb)
+    by theirs.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    kwargs = {"attn_backend": "gather"} if is_dinat_model(model_name) else {}
-    model = timm.create_model(model_name, **kwargs).eval()
+    model = build_model(StepConfig(model_name, img_size=img_size)).eval()  # a reference model built for the size
     size = resolve_img_size(model, img_size)
     counter = FlopCounterMode(display=False)
     # the fused CPU SDPA kernels have no flop formula; the math path decomposes into counted matmuls

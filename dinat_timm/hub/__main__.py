@@ -19,8 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tag", nargs="?", help="a pretrained tag, e.g. dinat_tiny.in1k (python -m dinat_timm.hub tags)")
     p.add_argument("out_dir", help="where to write it (with --all: a directory per tag under it)")
     p.add_argument("--all", action="store_true", help="every pretrained tag")
-    p.add_argument("--checkpoint", help="the published checkpoint to convert (.pth or .bin, original or transformers "
-                                        "layout; default: timm's caches)")
+    p.add_argument("--checkpoint", help="the checkpoint to export: a published one (.pth or .bin, original or "
+                                        "transformers layout; default: timm's caches) or your own of the tag's "
+                                        "architecture (timm train.py's last.pth.tar, any number of classes, its EMA "
+                                        "weights where it has them)")
+    p.add_argument("--label-names", metavar="FILE", help="class names, one a line in the classifier's order, written to "
+                                                         "config.json's label_names")
     p.add_argument("--dry-run", action="store_true", help="say what would be written, from which weights; download and "
                                                           "write nothing")
     p.add_argument("--results-dir", help="where the measured rows for the card are [default: results/ of the working directory]")
@@ -45,6 +49,12 @@ def _describe(result, dry_run: bool) -> str:
     files = ", ".join(f"{n} ({b / 2**20:.1f} MB)" if b else n for n, b in result.files.items())
     where = result.out_dir or "a temporary directory"
     return f"{result.tag}: {'would write' if dry_run else 'wrote'} {files} to {where}; weights: {result.weights_from}"
+
+
+def _one_line(error: Exception) -> str:
+    """A refusal in one line: a checkpoint that does not fit names its key problems one after the other."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines[:1] + ["; ".join(lines[1:])] if len(lines) > 1 else lines)
 
 
 def main(argv=None) -> int:
@@ -90,10 +100,13 @@ def main(argv=None) -> int:
                 if args.out_dir in pretrained_tags():
                     raise HubError(f"{args.out_dir} is a tag: give the output directory too (export TAG OUT_DIR)")
                 raise HubError("give a tag (python -m dinat_timm.hub tags lists them) or --all")
+            from .export import read_label_names
+
+            labels = read_label_names(args.label_names) if args.label_names else None
             print(_describe(export(args.tag, args.out_dir, args.checkpoint, args.dry_run, results_dir=args.results_dir,
-                                   overwrite=args.overwrite), args.dry_run))
+                                   overwrite=args.overwrite, label_names=labels), args.dry_run))
     except refusals as e:
-        print(f"error: {args.command}: {str(e).splitlines()[0] if args.command != 'export' else e}", file=sys.stderr)
+        print(f"error: {args.command}: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a file-system problem: one line, not a traceback
         what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)

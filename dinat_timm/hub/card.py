@@ -108,9 +108,10 @@ def _measured(arch: str, results_dir: Optional[Path]) -> Dict[str, object]:
 
 
 def model_card(model: torch.nn.Module, tag: str, repo_id: Optional[str] = None, measured: Optional[dict] = None,
-               gmacs: Optional[float] = None) -> dict:
+               gmacs: Optional[float] = None, fine_tune: Optional[str] = None) -> dict:
     """The card as ``timm.models._hub.generate_readme`` takes it (metadata, details, usage, comparison,
-    citation); ``measured``: ``_measured``'s rows (none by default); ``gmacs`` when they have none."""
+    citation); ``measured``: ``_measured``'s rows (none by default); ``gmacs`` when they have none;
+    ``fine_tune``: the checkpoint of a user's own training the weights come from (not the published ones)."""
     from ..results.tables import paper_table
 
     arch, cfg = tag.split(".")[0], model.pretrained_cfg
@@ -148,16 +149,25 @@ def model_card(model: torch.nn.Module, tag: str, repo_id: Optional[str] = None, 
                        "", "| device | dtype | mode | batch | img/s | ×Swin-T | attention | commit |",
                        "|---|---|---|---|---|---|---|---|"] + speed
     strides = "/".join(str(r) for r in sorted({f["reduction"] for f in model.feature_info}))
+    if fine_tune:
+        details["Published weights"] = "not these: see the description"
+        details["Dataset"] = f"not recorded ({model.num_classes} classes)"
+        details.pop("Pretrain Dataset", None)
+        comparison = ["This is a fine-tune of its exporter's: the paper's top-1 does not apply."]
+    description = (f"A {arch.replace('_', '-')} image classification model (DiNAT/NAT family), trained on "
+                   f"{pretrain}{' and fine-tuned on ImageNet-1k' if 'ft_in1k' in tag else ''} by the paper's authors, "
+                   f"in timm's layout. The weights are the published ones, converted by dinat-timm {__version__} to "
+                   "safetensors.")
+    if fine_tune:
+        description = (f"A {arch.replace('_', '-')} image classification model (DiNAT/NAT family) with "
+                       f"{model.num_classes} classes, exported by dinat-timm {__version__} from its trainer's "
+                       f"checkpoint `{Path(fine_tune).name}` (timm's train.py layout): not the published weights.")
     return {
         "license": cfg.get("license", "mit"),
         "tags": ["image-classification", "timm", "dinat", "neighborhood-attention"],
         "library_name": "timm",
-        "description": (f"A {arch.replace('_', '-')} image classification model (DiNAT/NAT family), trained on "
-                        f"{pretrain}{' and fine-tuned on ImageNet-1k' if 'ft_in1k' in tag else ''} by the paper's "
-                        f"authors, in timm's layout. The weights are the published ones, converted by dinat-timm "
-                        f"{__version__} to safetensors. Needs `pip install dinat-timm` and `import dinat_timm` (which "
-                        f"registers the architecture with timm).\n\n"
-                        + _BACKENDS),
+        "description": (description + " Needs `pip install dinat-timm` and `import dinat_timm` (which registers the "
+                        "architecture with timm).\n\n" + _BACKENDS),
         "details": details,
         "usage": _USAGE.format(repo=repo, strides=strides, size=cfg["input_size"][-1]),
         "comparison": "\n".join(comparison),

@@ -47,12 +47,28 @@ def _weights_source(tag: str, checkpoint) -> str:
     return "not cached: would download from " + " or ".join(where + ([cfg.url] if cfg.url else []))
 
 
-def _config(model: torch.nn.Module, tmp: Path) -> dict:
+def _config(model: torch.nn.Module, tmp: Path, label_names=None) -> dict:
     from timm.models._hub import save_config_for_hf
 
-    save_config_for_hf(model, str(tmp / "config.json"), model_config={"dinat_timm_version": __version__},
-                       model_args=model_args(model))
+    model_config = {"dinat_timm_version": __version__}
+    if label_names:
+        model_config["label_names"] = list(label_names)
+    save_config_for_hf(model, str(tmp / "config.json"), model_config=model_config, model_args=model_args(model))
     return json.loads((tmp / "config.json").read_text())
+
+
+def read_label_names(path) -> list:
+    """One class name a line (blank lines and surrounding spaces dropped), as a config's ``label_names``."""
+    path = Path(path)
+    if not path.is_file():
+        raise HubError(f"--label-names {path}: no such file")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise HubError(f"--label-names {path} is not UTF-8 text ({e.reason})") from None
+    if not names:
+        raise HubError(f"--label-names {path} names no class: one name a line")
+    return names
 
 
 def check_output(out_dir, overwrite: bool = False) -> Path:
@@ -89,20 +105,24 @@ def _write_into(out: Path, files: Dict[str, Callable[[Path], None]]) -> None:
 
 
 def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_id: Optional[str] = None,
-           results_dir=None, overwrite: bool = False) -> Export:
-    """Write ``tag`` in timm's Hub layout to ``out_dir``: the published weights (from ``checkpoint``,
-    else the caches; either format) as safetensors, ``config.json`` and the card, all three or none, never
-    over files it did not write (unless ``overwrite``). ``dry_run``: every check of the real run (the tag,
-    the output folder, the checkpoint file), then the architecture without weights: nothing downloaded,
-    nothing written, and it says what would be."""
+           results_dir=None, overwrite: bool = False, label_names=None) -> Export:
+    """Write ``tag`` in timm's Hub layout to ``out_dir``: the published weights (from ``checkpoint``, else the
+    caches; either format) or your own checkpoint of the tag's architecture (timm train.py's, with any number
+    of classes: the model takes its classifier's; its EMA weights where it has them, as timm loads them) as
+    safetensors, ``config.json`` (with ``label_names`` where given) and the card, all three or none, never over
+    files it did not write (unless ``overwrite``). ``dry_run``: every check of the real run (the tag, the output
+    folder, the checkpoint file), then the architecture without weights: nothing downloaded, nothing written,
+    and it says what would be."""
     from timm.models._hub import generate_readme
 
     from ..bench.steps import count_gmacs
-    from ..models._weights import check_checkpoint_file
+    from ..models._checkpoint import head_classes
+    from ..models._weights import check_checkpoint_file, load_checkpoint
 
     split_tag(tag)
     if out_dir is not None:
         check_output(out_dir, overwrite)
+    loaded = None
     if checkpoint is not None:
         check_checkpoint_file(checkpoint)
     source = _weights_source(tag, checkpoint)
@@ -110,16 +130,26 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
         with torch.device("meta"):
             model = timm.create_model(tag)
     else:
-        overlay = dict(file=str(checkpoint)) if checkpoint else {}
+        overlay = {}
+        if checkpoint:
+            loaded = load_checkpoint(checkpoint)  # read once, here: its entry and classes are said below
+            overlay = dict(file=str(checkpoint), state_dict=loaded.state_dict)
+            source = f"{checkpoint}" + (f" ({loaded.key})" if loaded.key else "")
         model = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=overlay)
+    classes = head_classes(loaded.state_dict) if loaded is not None else None
+    if label_names is not None and len(label_names) != (classes or model.num_classes):
+        raise HubError(f"the label names list {len(label_names)} classes and the weights have "
+                       f"{classes or model.num_classes}: one name a class, in the classifier's order")
     result = Export(tag, Path(out_dir) if out_dir else None, source)
     with tempfile.TemporaryDirectory() as tmp:
-        result.config = _config(model, Path(tmp))
-    measured = _measured(tag.split(".")[0], _results_dir(results_dir))
+        result.config = _config(model, Path(tmp), label_names)
+    own = loaded is not None and loaded.key in ("state_dict", "state_dict_ema", "model_ema")  # timm train.py's
+    measured = _measured(tag.split(".")[0], _results_dir(results_dir)) if not own else None
     gmacs = None
-    if not dry_run and measured["gmacs"] is None:  # measured here, as the suite does (through exact gather)
+    if not dry_run and (measured is None or measured["gmacs"] is None):  # counted here, as the suite does
         gmacs = count_gmacs(tag.split(".")[0], model.pretrained_cfg["input_size"][-1])
-    result.card = generate_readme(model_card(model, tag, repo_id, measured, gmacs), tag)
+    card = model_card(model, tag, repo_id, measured, gmacs, fine_tune=str(checkpoint) if own else None)
+    result.card = generate_readme(card, tag)
     if dry_run:
         result.files = {name: 0 for name in FILES}
         return result

@@ -22,8 +22,8 @@ class ClassifierModelMixin:
         raise RuntimeError(
             f"{type(self).__name__} is not TorchScript-scriptable: its attention picks a backend at run time "
             "(fused Triton, NATTEN, pure PyTorch) and caches shape-dependent layouts, which TorchScript cannot "
-            "express. Use torch.export.export(model.eval(), (x,)) or torch.onnx.export(..., dynamo=True), "
-            "see the README's 'Export' section."
+            "express. Use torch.export.export(model.eval(), (x,)), torch.onnx.export(..., dynamo=True) or "
+            "torch.jit.trace(model.eval(), (x,)) at one image size: see docs/export.md, section 'TorchScript'."
         )
 
     @torch.jit.ignore

@@ -16,6 +16,7 @@ from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, register_notrace_
 from ..ops import neighborhood_attention_2d
 from ..ops._cache import exporting
 from ..ops.backends import window as windows
+from ..ops.flops import counted_as_the_operator
 from ..ops.chooser import check_backend_name
 
 
@@ -131,7 +132,9 @@ class NeighborhoodAttention2d(nn.Module):
         qkv = self.qkv(tokens).reshape(-1, k * k, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, key, v = qkv.unbind(0)  # each [B·d², heads, k², D]
         bias = windows.window_bias(self.rpb, k, heads, q.dtype, q.device)
-        out = windows.attend(q, key, v, bias, self.scale).transpose(1, 2).reshape(-1, k * k, channels)
+        with counted_as_the_operator(q.unflatten(2, (k, k)), k):  # FlopCounterMode: the operator's own count
+            out = windows.attend(q, key, v, bias, self.scale)
+        out = out.transpose(1, 2).reshape(-1, k * k, channels)
         return windows.reverse(self.proj(out), k, d, batch)
 
 

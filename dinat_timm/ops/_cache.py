@@ -9,10 +9,16 @@ import torch
 
 @contextlib.contextmanager
 def _real_tensors():
-    """Leave any fake-tensor and proxy tracing mode (``torch.export``, ``make_fx``): the layouts
-    are computed from Python ints, so they are built for real and enter a traced graph as
-    constants, instead of as traced index arithmetic whose ``int(tensor)`` export cannot guard."""
+    """Leave any fake-tensor and proxy tracing mode (``torch.export``, ``make_fx``) and TorchScript's
+    tracer (``torch.jit.trace``): the layouts are computed from Python ints, so they are built for real
+    and enter a traced graph as constants, instead of as traced index arithmetic whose ``int(tensor)``
+    export cannot guard (and which ``torch.jit.trace``'s check would see in one trace and not in the
+    next, where the cache answers)."""
     with contextlib.ExitStack() as stack:
+        tracing = torch._C._get_tracing_state()
+        if tracing is not None:
+            torch._C._set_tracing_state(None)
+            stack.callback(torch._C._set_tracing_state, tracing)
         try:
             from torch._subclasses.fake_tensor import unset_fake_temporarily
             from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing

@@ -9,6 +9,7 @@ from ._cache import exporting
 from .backends import BACKENDS
 from .checks import check_inputs
 from .chooser import choose_backend, why_not
+from .flops import counted_as_the_operator
 
 # The backend that computes each query from its own k² keys and nothing else (as NATTEN <= 0.17 does).
 EXACT_LOCAL = "gather"
@@ -48,7 +49,8 @@ def neighborhood_attention_2d(
             raise ValueError(f"backend {backend!r} cannot compute this call: {reason}")
     if backend != EXACT_LOCAL and _non_finite_on_cpu(query, key, value, rpb):
         backend = EXACT_LOCAL
-    return BACKENDS[backend].neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale)
+    with counted_as_the_operator(query, kernel_size):  # FlopCounterMode: the operator's formula, not the backend's ops
+        return BACKENDS[backend].neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale)
 
 
 def _empty(query, key, value, rpb):
@@ -65,7 +67,7 @@ def _non_finite_on_cpu(query, key, value, rpb) -> bool:
     (NaN - inf is NaN, 0 * inf is NaN); such calls go to the exact per-neighbourhood backend, which
     gives NATTEN's answer: only the queries that see the value are affected. Checked with one sum per
     tensor, eagerly and on CPU only: a data-dependent branch would break a compiled graph, and on a
-    GPU it would cost a synchronisation per call (see the README)."""
+    GPU it would cost a synchronisation per call (docs/operator.md)."""
     if query.device.type != "cpu" or torch.compiler.is_compiling() or exporting():
         return False
     total = query.sum(dtype=torch.float32) + key.sum(dtype=torch.float32) + value.sum(dtype=torch.float32)

@@ -215,9 +215,11 @@ def _attention_backward(q, k, v, bias, out, lse, grad_out, scale, grads):
 
 
 def _attention(q, k, v, bias, scale):
-    # exported graphs (torch.export, ONNX) get the standard op: they are for inference, and the
-    # custom backward below is an autograd.Function that ONNX's decompositions cannot re-trace
-    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled() and not exporting():
+    # exported and traced graphs (torch.export, ONNX, torch.jit.trace) get the standard op: they are for
+    # inference, the custom backward below is an autograd.Function that ONNX's decompositions cannot
+    # re-trace, and torch.jit.trace's check re-traces without grad, where the path would differ
+    if (q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled() and not exporting()
+            and not torch.jit.is_tracing()):
         return _BiasedAttention.apply(q, k, v, bias, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
