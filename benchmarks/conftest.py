@@ -50,7 +50,7 @@ def pytest_configure(config):
     try:
         options.check()
     except OptionError as e:
-        raise pytest.UsageError(str(e)) from None
+        pytest.exit(f"benchmark options: {e}", returncode=2)
     # pytest-benchmark's own table repeats what the progress lines and CSVs say; keep it narrow, one
     # table per suite (its default is ten columns wide, with ratios that read "(inf)" for single-round
     # tests), unless the command line asks for its own columns or grouping
@@ -89,7 +89,7 @@ def pytest_collection_modifyitems(session, config, items):
     try:
         backends, dtypes = set(options.list("op-backends")) | {"windowed_sdpa"}, set(options.list("op-dtypes"))
     except OptionError as e:
-        raise pytest.UsageError(str(e)) from None
+        pytest.exit(f"benchmark options: {e}", returncode=2)
     device = options.get("device")
     keep, drop, reasons = [], [], {}
     no_eval_sets = not options.list("eval-sets")
@@ -150,7 +150,7 @@ def pytest_generate_tests(metafunc):
             configs, ids = _step_configs(options)
             metafunc.parametrize("bench_config", configs, ids=ids)
     except OptionError as e:
-        raise pytest.UsageError(str(e)) from None
+        pytest.exit(f"benchmark options: {e}", returncode=2)
 
 
 def _step_configs(options):
@@ -159,7 +159,7 @@ def _step_configs(options):
 
     device = options.get("device")
     img_size = options.int("img-size", minimum=32) if options.get("img-size") else None
-    pretrained = options.get("pretrained") == "1"
+    pretrained = options.pretrained(has_data=bool(options.get("data-dir")))
     configs, ids = [], []
     models = options.list("models") + options.list("reference-models")
     for model in dict.fromkeys(models):
@@ -167,8 +167,8 @@ def _step_configs(options):
             for dtype in options.dtypes():
                 if dtype == "fp16" and not device.startswith("cuda"):
                     continue  # fp16 autocast is a GPU configuration
-                for cl in options.ints("channels-last"):
-                    for comp in options.ints("compile"):
+                for cl in options.flags("channels-last"):
+                    for comp in options.flags("compile"):
                         for backend in (options.list("backends") if is_dinat_model(model) else ["timm"]):
                             configs.append(StepConfig(model, batch, img_size, dtype, bool(cl), bool(comp),
                                                       "auto" if backend == "timm" else backend, device, pretrained))
@@ -186,13 +186,11 @@ def tf32_setting(request):
     """Applies ``--tf32`` for one test (accuracy defaults to off) and restores PyTorch's settings;
     every row records what ran (``tf32_matmul``, ``tf32_cudnn``, ``float32_matmul_precision``)."""
     before = precision_settings()
-    wanted = session_of(request.config).options.get("tf32")
-    if wanted == "" and request.node.module.__name__.endswith("test_accuracy"):
-        wanted = "0"
-    if wanted not in ("", "0", "1"):
-        raise pytest.UsageError(f"--tf32 takes 0 or 1, got {wanted!r}")
-    if wanted:
-        set_tf32(wanted == "1")
+    wanted = session_of(request.config).options.tf32()  # checked before the run: yes/no or empty
+    if wanted is None and request.node.module.__name__.endswith("test_accuracy"):
+        wanted = False
+    if wanted is not None:
+        set_tf32(wanted)
     yield
     torch.backends.cuda.matmul.allow_tf32 = bool(before["tf32_matmul"])
     torch.backends.cudnn.allow_tf32 = bool(before["tf32_cudnn"])

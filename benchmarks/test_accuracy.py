@@ -36,7 +36,7 @@ def _score(benchmark, leaderboard, bench_options, model_name, csv, data_dir, dat
         result.update(evaluate(
             model_name, data_dir, split=split, batch_size=bench_options.int("eval-batch-size", 1),
             max_samples=bench_options.int("max-samples"), device=bench_options.get("device"), pretrained=pretrained,
-            skip_unreadable=bench_options.get("skip-unreadable") == "1", dataset=eval_set,
+            skip_unreadable=bench_options.flag("skip-unreadable"), dataset=eval_set,
         ))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
@@ -50,8 +50,7 @@ def _score(benchmark, leaderboard, bench_options, model_name, csv, data_dir, dat
 
 def test_accuracy(benchmark, leaderboard, bench_options, dataset, model_name):
     data_dir, tag = dataset
-    pretrained = bench_options.get("pretrained")
-    pretrained = (pretrained == "1") or (pretrained == "auto" and tag != GENERATED_TAG)
+    pretrained = bench_options.pretrained(has_data=tag != GENERATED_TAG)
     csv = "accuracy_generated.csv" if tag == GENERATED_TAG else "accuracy_imagenet.csv"
     split = bench_options.get("split") if tag != GENERATED_TAG else ""
     _score(benchmark, leaderboard, bench_options, model_name, csv, data_dir, tag, pretrained, split,
@@ -65,4 +64,4 @@ def test_accuracy_on_an_eval_set(benchmark, leaderboard, bench_options, eval_set
     as it is)."""
     name, data_dir = eval_set
     _score(benchmark, leaderboard, bench_options, model_name, "accuracy_imagenet.csv", data_dir, data_dir,
-           bench_options.get("pretrained") != "0", bench_options.get("split"), eval_set=name)
+           bench_options.pretrained(has_data=True), bench_options.get("split"), eval_set=name)

@@ -23,7 +23,7 @@ def test_peak_memory(benchmark, leaderboard, bench_config, bench_options, mode):
     columns = dict(suite="memory", **config_columns(cfg), mode=mode, batch=cfg.batch_size,
                    img_size=cfg.img_size or model_input_size(cfg.model))
     leaderboard.context(CSV, **columns)
-    breakdown = bench_options.get("memory-breakdown") == "1"
+    breakdown = bench_options.flag("memory-breakdown")
     result = {}
 
     def measure():

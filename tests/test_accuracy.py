@@ -240,3 +240,134 @@ def test_distributed_accuracy_equals_single_process(tmp_path):
     single = evaluate("nat_mini", folder, split="", batch_size=5, **SMALL2)
     assert distributed["world_size"] == 2 and distributed["samples"] == single["samples"] == 24
     assert (distributed["top1"], distributed["top5"]) == (single["top1"], single["top5"])
+
+
+# -- round three: folders, maps and lists that would shift labels, images that read wrong, faults said in one line
+
+
+def test_images_in_a_sub_folder_of_a_class_folder_are_refused(tmp_path):
+    """timm names a class by the folder an image is in: class_1/extra/ would be a class 'extra' and shift every
+    later label (the oracle, 100 on the sound folder, would score less)."""
+    data = _image_folder(tmp_path / "val", [f"class_{c}" for c in range(4)])
+    _image_folder(tmp_path / "val" / "class_1" / "extra", [""], per_class=2)
+    from timm.data import create_dataset
+
+    assert len({t for _, t in create_dataset("", root=str(data)).reader.samples}) == 5  # what timm alone reads
+    with pytest.raises(accuracy.LabelProblem, match=r"class_1/extra holds images inside a class folder"):
+        accuracy.evaluate("oracle", data, model=Oracle(), split="")
+
+
+def test_a_link_to_a_folder_inside_a_class_folder_and_two_names_for_one_folder_are_refused(tmp_path):
+    data = _image_folder(tmp_path / "val", [f"class_{c}" for c in range(3)])
+    (data / "class_0" / "loop").symlink_to(data)  # timm's walk would follow it round and round
+    with pytest.raises(accuracy.LabelProblem, match=r"class_0/loop is a link to a folder inside a class folder"):
+        accuracy.evaluate("oracle", data, model=Oracle(), split="")
+    (data / "class_0" / "loop").unlink()
+    (data / "class_3").symlink_to(data / "class_1")
+    with pytest.raises(accuracy.LabelProblem, match="class folders class_1 and class_3 are one folder"):
+        accuracy.evaluate("oracle", data, model=Oracle(), split="")
+
+
+def test_images_beside_the_class_folders_and_a_folder_without_images_are_refused(tmp_path):
+    data = _image_folder(tmp_path / "val", ["a", "b"])
+    (data / "stray.png").write_bytes((data / "a" / "0.png").read_bytes())
+    with pytest.raises(accuracy.LabelProblem, match="image file.*beside the class folders.*class named ''"):
+        accuracy.evaluate("oracle", data, model=Oracle(), split="")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    assert accuracy.main(["--model", "nat_mini", "--data-dir", str(tmp_path / "empty"), "--split", "",
+                          "--device", "cpu", "--workers", "0"]) == 2
+
+
+@pytest.mark.parametrize("content, ext, words", [
+    ("class_0\nclass_1\nclass_0\n", ".txt", "names class_0 twice"),
+    ("class_0\nclass_9\n", ".txt", "no folder for 1 of the class map's 2 classes"),
+    ("".join(f"class_{i}\n" for i in range(1001)), ".txt", "has 1001 classes and the model's scores 1000"),
+    ("class_0\n\nclass_1\n", ".txt", "line 2 is empty"),
+    ("{}", ".json", "a .json; the accuracy tool reads timm's text class maps"),
+], ids=["repeated", "no-folder", "beyond-the-head", "empty-line", "json"])
+def test_a_class_map_that_cannot_number_the_folders_is_refused(tmp_path, content, ext, words):
+    data = _image_folder(tmp_path / "val", [f"class_{c}" for c in range(3)])
+    cmap = tmp_path / f"map{ext}"
+    cmap.write_text(content)
+    with pytest.raises(accuracy.LabelProblem, match=words):
+        accuracy.evaluate("oracle", data, model=Oracle(), split="", class_map=cmap)
+    good = tmp_path / "good.txt"
+    good.write_text("class_0\nclass_1\n")  # a map naming two of the three folders: class_2 is not read
+    row = accuracy.evaluate("oracle", data, model=Oracle(), split="", class_map=good)
+    assert row["samples"] == 6 and row["top1"] == 100.0
+
+
+def _real_folder(tmp_path, n=4):
+    from PIL import Image
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i in range(1, n + 1):
+        Image.new("RGB", (64, 64), (40 + 20 * (i % 3),) * 3).save(folder / f"ILSVRC2012_val_{i:08d}.JPEG")
+    return folder
+
+
+@pytest.mark.parametrize("labels, words", [
+    ([[0], ["1"], [2], [0]], "image 2's label '1' is not a class index"),
+    ([[0], [1], [1000], [0]], "image 3's label 1000 is not a class index"),
+    ([[], [], [], []], "every image's list is empty"),
+])
+def test_a_real_list_that_could_not_be_hit_is_refused(tmp_path, labels, words):
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps(labels))
+    with pytest.raises(accuracy.LabelProblem, match=words):
+        accuracy.evaluate("oracle", _real_folder(tmp_path), model=Oracle(), split="", real_labels=real)
+
+
+def test_real_labels_are_scored_as_real_never_as_the_imagenet_row(tmp_path, capsys):
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps([[1], [2], [0], [1]]))
+    folder = _real_folder(tmp_path)
+    assert accuracy.evaluate("oracle", folder, model=Oracle(), split="", real_labels=real)["eval_set"] == "imagenet-real"
+    with pytest.raises(accuracy.LabelProblem, match="--real-labels scores ReaL, and --dataset says imagenet"):
+        accuracy.evaluate("oracle", folder, model=Oracle(), split="", real_labels=real, dataset="imagenet")
+
+
+def test_16_bit_png_images_read_as_their_grey_not_white(tmp_path):
+    """A 16-bit grey PNG (PIL's I;16) of level L·257 is the 8-bit grey L: the oracle scores it as the class."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "val"
+    for c in range(3):
+        (data / f"class_{c}").mkdir(parents=True)
+        for i in range(2):
+            level = (40 + 20 * c) * 257
+            Image.fromarray(np.full((72, 80), level, dtype=np.uint16)).save(data / f"class_{c}" / f"{i}.png")
+    assert Image.open(data / "class_1" / "0.png").mode.startswith("I")
+    assert Image.open(data / "class_1" / "0.png").convert("RGB").getpixel((0, 0)) == (255, 255, 255)  # PIL alone
+    assert accuracy.evaluate("oracle", data, model=Oracle(), split="")["top1"] == 100.0
+
+
+def test_a_dangling_image_link_is_said_as_such_and_odd_file_names_reach_the_row(tmp_path, capsys):
+    data = _image_folder(tmp_path / "val", ["a", "b"])
+    (data / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(accuracy.UnreadableImages, match=r"a/gone.png \(a dangling symlink: its target .*nowhere.png"):
+        accuracy.evaluate("oracle", data, model=Oracle(), split="")
+    odd = os.fsencode(str(data / "b")) + b"/\xff\xfe.png"
+    with open(odd, "wb") as f:
+        f.write(b"not an image")
+    results = tmp_path / "acc.csv"
+    code = accuracy.main(["--model", "nat_mini", "--data-dir", str(data), "--split", "", "--skip-unreadable",
+                          "--results", str(results), "--device", "cpu", "--workers", "0",
+                          "--model-kwargs", json.dumps(dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                                                            num_classes=2))])
+    assert code == 0, capsys.readouterr().err
+    from dinat_timm.results import read_csv
+
+    row = read_csv(results).iloc[-1]
+    assert row["skipped"] == 2 and "\\xff\\xfe.png" in row["skipped_files"] and "dangling symlink" in row["skipped_files"]
+
+
+def test_nothing_scored_is_one_line_not_a_traceback(tmp_path, capsys):
+    data = tmp_path / "val" / "a"
+    data.mkdir(parents=True)
+    (data / "broken.png").write_bytes(b"not an image")
+    assert accuracy.main(["--model", "nat_mini", "--data-dir", str(tmp_path / "val"), "--split", "",
+                          "--skip-unreadable", "--device", "cpu", "--workers", "0"]) == 2
+    assert "all 1 images were unreadable" in _one_line(capsys.readouterr().err)

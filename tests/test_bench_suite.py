@@ -27,11 +27,12 @@ def test_the_scaling_suite_refuses_sizes_that_cannot_fit_and_unknown_names(tmp_p
     run = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_scaling.py", "--benchmark-only",
                           "--collect-only", "-q", "-p", "no:cacheprovider", "--scaling-sizes", "1000000"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 4 and "--scaling-sizes: 1000000 is above 4096" in run.stderr
+    assert run.returncode == 2 and "--scaling-sizes: 1000000 is above 4096" in run.stderr
     run = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_throughput.py", "--benchmark-only",
                           "--collect-only", "-q", "-p", "no:cacheprovider", "--dtypes", "fp64"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 4 and "'fp64' is not a dtype the suites know; valid: fp32, bf16, fp16" in run.stderr
+    assert run.returncode == 2 and "'fp64' is not a dtype the suites know; valid: fp32, bf16, fp16" in run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.strip()]) == 1
     assert estimated_step_bytes("dinat_tiny", 448, 1, "train") > 586.5 * 2**20  # above the measured step
     with pytest.raises(MemoryError, match=r"a step needs about .* GiB \(estimated\) and cpu has .* GiB free; not run"):
         check_fits("dinat_tiny", 4096, 64, "train", "cpu")
@@ -277,3 +278,52 @@ def test_img_size_builds_the_reference_models_for_it_or_says_why_they_cannot_run
     assert dict(zip(rows["model"], rows["infer_img_size"])) == {"nat_mini": 40, "swin_tiny_patch4_window7_224": 40}
     assert any(line.startswith("1 × throughput benchmark(s) did not run: levit_128 cannot run at 40 px")
                for line in run.stdout.splitlines()), run.stdout[-3000:]
+
+
+class _Config:
+    """A pytest config that answers ``getoption`` from a dict (None: not given), for BenchOptions alone."""
+
+    def __init__(self, **given):
+        self.given = {k.replace("-", "_"): v for k, v in given.items()}
+
+    def getoption(self, name):
+        return self.given.get(name)
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("pretrained", "maybe", "--pretrained: 'maybe' is not a yes/no"),
+    ("memory-breakdown", "2", "--memory-breakdown: '2' is not a yes/no"),
+    ("skip-unreadable", "yess", "--skip-unreadable: 'yess' is not a yes/no"),
+    ("tf32", "on please", "--tf32: 'on please' is not a yes/no"),
+    ("compile", "0,2", "--compile: '2' is not a yes/no"),
+    ("models", "dinat_tni", "--models: 'dinat_tni' is not a registered model (close: dinat_"),
+    ("reference-models", "swin_tniy", "--reference-models: 'swin_tniy' is not a registered model"),
+    ("backends", "tiledd", "--backends: 'tiledd' is not a backend"),
+    ("op-backends", "triton,tilde", "--op-backends: 'tilde' is not a backend"),
+    ("op-dtypes", "fp33", "--op-dtypes: 'fp33' is not a dtype"),
+    ("data-dir", "/no/such/folder", "--data-dir /no/such/folder: no such file or directory"),
+    ("batch-size", "0", "--batch-size: 0 is below 1"),
+    ("eval-batch-size", "-1", "--eval-batch-size: -1 is below 1"),
+    ("op-batch-size", "0", "--op-batch-size: 0 is below 1"),
+    ("device", "bogus", "--device 'bogus' is not a device"),
+    ("device", "cuda:7", "--device cuda:7: "),
+])
+def test_every_option_is_checked_before_anything_runs(option, value, words):
+    from dinat_timm.bench.options import BenchOptions, OptionError
+
+    options = BenchOptions(_Config(**{option: value}))
+    options.run_results_dir = "results/runs/x"
+    with pytest.raises(OptionError) as refused:
+        options.check()
+    assert str(refused.value).startswith(words), refused.value
+
+
+@pytest.mark.parametrize("word, value", [("1", True), ("true", True), ("Yes", True), ("on", True), ("0", False),
+                                         ("false", False), ("NO", False), ("off", False)])
+def test_yes_no_options_take_what_pytest_users_type(word, value):
+    from dinat_timm.bench.options import BenchOptions
+
+    options = BenchOptions(_Config(**{"memory-breakdown": word, "pretrained": word, "compile": f"{word},0"}))
+    assert options.flag("memory-breakdown") is value and options.pretrained(has_data=False) is value
+    assert options.flags("compile") == ([True, False] if value else [False])
+    assert BenchOptions(_Config()).pretrained(has_data=True) is True  # auto: with a data set

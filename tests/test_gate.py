@@ -320,3 +320,34 @@ def test_a_cancelled_gate_removes_its_worktree_and_its_sides(tmp_path):
         assert _worktrees(clone).count("\n") == 1, _worktrees(clone)
         left = subprocess.run(["pgrep", "-f", f"--tree {clone}"], capture_output=True, text=True).stdout.strip()
         assert left == "", left
+
+
+def test_a_failing_post_checkout_hook_neither_stops_the_worktree_nor_leaves_one(tmp_path):
+    from dinat_timm.gate.sides import GateError, Worktree, checkout_root
+
+    _checkout_or_skip()
+    assert checkout_root(ROOT / "tests") == ROOT.resolve()  # started from a sub-folder: the checkout's top
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    hook = clone / ".git" / "hooks" / "post-checkout"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with Worktree(clone, commit) as tree:
+        assert (tree / "dinat_timm" / "__init__.py").is_file()
+    with pytest.raises(GateError):
+        with Worktree(clone, "0" * 40):  # a commit that is not there: the add fails
+            pass
+    assert _worktrees(clone).count("\n") == 1 and not list(Path(tree).parent.parent.glob(Path(tree).parent.name))
+
+
+@pytest.mark.full  # a real gate start: its sides import torch
+def test_a_side_killed_by_a_signal_is_named_as_such(tmp_path):
+    """A side the out-of-memory killer ends (SIGKILL) is said to be killed, not to have printed nothing."""
+    kill_in_a_side = ("\nimport os, signal, sys\nif '--answer-fd' in sys.argv:  # a side, not the gate's own process\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    clone = _clone_with_base(tmp_path, "", kill_in_a_side)
+    result = _gate_in(clone, "--budget", "60", timeout=120)
+    report = json.loads(result.stdout)
+    assert result.returncode == 2 and report["cannot_judge"] == "candidate"
+    assert "killed by SIGKILL (the out-of-memory killer?)" in report["line"], report["line"]

@@ -217,3 +217,78 @@ def test_check_loads_what_it_checks(tmp_path):
     (out / "model.safetensors").write_bytes(data[: len(data) // 2])
     cut = hub("check", out)
     assert cut.returncode == 2 and "not a valid safetensors file" in _one_line(cut.stderr)
+
+
+# -- round three: an overwrite never mixes old and new, nothing is left behind, the modes are the user's --------
+
+
+def test_an_overwrite_is_all_or_nothing_and_keeps_the_folders_other_files(tmp_path):
+    """An overwrite that fails after the new weights were staged leaves the old three files (and the user's
+    notes); one that succeeds replaces the three together and keeps the notes."""
+    from dinat_timm.hub.export import _write_into
+
+    out = tmp_path / "out"
+    _write_into(out, {"model.safetensors": lambda p: p.write_text("old weights"),
+                      "config.json": lambda p: p.write_text("old config")})
+    (out / "notes.txt").write_text("kept")
+
+    def killed(path):
+        raise KeyboardInterrupt  # a kill while the config is being written
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_into(out, {"model.safetensors": lambda p: p.write_text("new weights"), "config.json": killed})
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "model.safetensors": "old weights", "config.json": "old config", "notes.txt": "kept"}
+    _write_into(out, {"model.safetensors": lambda p: p.write_text("new weights"),
+                      "config.json": lambda p: p.write_text("new config")})
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "model.safetensors": "new weights", "config.json": "new config", "notes.txt": "kept"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next_export(tmp_path):
+    from dinat_timm.hub.export import _write_into
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.export-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half")
+    _write_into(tmp_path / "out", {"a": lambda p: p.write_text("1")})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_export_has_the_modes_the_users_umask_gives(tmp_path):
+    from dinat_timm.hub.export import _write_into
+
+    old = os.umask(0o022)
+    try:
+        _write_into(tmp_path / "out", {"a": lambda p: p.write_text("1")})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755 and (tmp_path / "out" / "a").stat().st_mode & 0o777 == 0o644
+
+
+def test_check_refuses_weights_that_are_not_the_ones_the_config_was_written_with(tmp_path, capsys):
+    """New weights under an old config (what an interrupted overwrite by hand, or a copy, leaves) load into the
+    architecture but are not the export: the config's recorded sha256 says so."""
+    from dinat_timm.hub.export import weights_digest
+
+    out = _export_dir(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["dinat_timm_weights_sha256"] = weights_digest(out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["check", str(out)]) == 0
+    other = _export_dir(tmp_path / "other")
+    (out / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    assert main(["check", str(out)]) == 2
+    assert "is not the file" in capsys.readouterr().err
+
+
+def test_check_says_in_one_line_what_a_hand_edited_config_breaks(tmp_path, capsys):
+    out = _export_dir(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["model_args"]["depths"] = "one two"  # not a list of numbers
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["check", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: check:") and "does not load" in err[0]

@@ -204,10 +204,11 @@ def test_a_real_suite_row_keeps_its_rounds_and_two_runs_compare_by_them(tmp_path
     assert min(samples) <= row["infer_step_time"] <= max(samples)  # the median round, in ms
     # (beside the other test workers the rows may be flagged noisy: compared anyway, it is the rounds that matter)
     result = results_cli("compare", first, second, "--format", "json", "--include-flagged")
-    assert result.returncode in (0, 1), result.stderr
-    judged = [r for r in json.loads(result.stdout)["rows"] if r["metric"] == "infer_samples_per_sec"]
-    assert judged and judged[0]["interval"] and judged[0]["change"].split(": ")[-1] in (
-        "unchanged", "inconclusive", "improved", "regressed")
+    report = json.loads(result.stdout)
+    judged = [r for r in report["rows"] if r["metric"] == "infer_samples_per_sec"]
+    word = judged[0]["change"].split(": ")[-1]
+    assert judged and judged[0]["interval"] and word in ("unchanged", "inconclusive", "improved", "regressed")
+    assert result.returncode == report["exit_code"] == (1 if report["regressions"] else 2 if report["inconclusive"] else 0)
 
 
 def _speed_rows2(device, dinat, swin):
@@ -273,3 +274,37 @@ def test_flagged_rows_are_refused_unless_included(tmp_path):
     assert _one_error_line(refused) and "flagged" in refused.stderr and "--include-flagged" in refused.stderr
     included = cli("compare", tmp_path / "base.csv", tmp_path / "new.csv", "--include-flagged")
     assert included.returncode == 0 and "verdict: PASS" in included.stdout
+
+
+def test_rounds_that_contradict_their_own_row_are_refused(tmp_path):
+    """A row saying 5 rounds with 3 times, or rounds whose median is half its step time (a 50% slowdown that
+    the rounds would read as an improvement): refused, every such line named, exit 2."""
+    base, _ = _files(tmp_path, [_row("a", STEADY)], [_row("a", STEADY)])
+    lying = dict(_row("a", [50.5, 50, 49.5, 50, 51, 49, 50]), infer_step_time=150.0, infer_samples_per_sec=8 / 0.150)
+    short = dict(_row("b", STEADY), rounds=5, samples_ms="100 101 99")
+    import pandas as pd
+
+    # written by hand, as a foreign or edited file would be: the suite's own writer refuses such rows
+    pd.DataFrame([lying, short]).to_csv(tmp_path / "bad.csv", index=False)
+    result = results_cli("compare", base, tmp_path / "bad.csv", "--format", "json")
+    assert result.returncode == 2 and json.loads(result.stdout)["exit_code"] == 2
+    errors = result.stderr
+    assert "samples_ms contradicts the row's own step time: line 2: rounds' median 50 ms, figure 150 ms" in errors
+    assert "line 3 says 5 rounds and holds 3 times" in errors
+
+
+def test_rows_the_rounds_cannot_judge_are_cannot_judge_not_pass(tmp_path):
+    base, new = _files(tmp_path, [_row("d", STEADY)], [_row("d", [60, 140, 95, 150, 70, 130, 100])])
+    result = results_cli("compare", base, new)
+    assert result.returncode == 2 and "verdict: CANNOT JUDGE — 0 regression(s)" in result.stdout
+    assert "2 row(s) inconclusive" in result.stdout  # its images/s and its step time
+    markdown = results_cli("compare", base, new, "--format", "markdown")
+    assert markdown.returncode == 2 and "⚠️ cannot judge" in markdown.stdout
+
+
+def test_a_refusal_in_json_or_markdown_is_printed_in_that_format(tmp_path):
+    result = results_cli("compare", tmp_path / "missing.csv", tmp_path / "other.csv", "--format", "json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 2 and report["exit_code"] == 2 and len(report["errors"]) == 2
+    markdown = results_cli("compare", tmp_path / "missing.csv", tmp_path / "other.csv", "--format", "markdown")
+    assert markdown.stdout.startswith("### Benchmark comparison: ⚠️ cannot compare")

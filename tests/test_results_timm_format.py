@@ -2,7 +2,10 @@
 cell as timm writes them, every set with rows and the comparisons whose base has rows."""
 import csv
 import io
+from pathlib import Path
 
+import pandas as pd
+import pytest
 from _helpers import results_cli
 
 from dinat_timm.results.timm_format import BASE_COLUMNS, render, with_diffs
@@ -72,3 +75,58 @@ def test_timm_results_writes_every_set_with_rows_and_comparisons_where_their_bas
     assert _read((out / "results-imagenet-a.csv").read_text())[0]["top1_diff"] == "-75.000"
     again = results_cli("timm-results", tmp_path, "-o", out)
     assert again.returncode == 2 and "exists: pass --overwrite" in again.stderr
+
+
+def _timm_row(model="m", top1=80.0):
+    return dict(model=model, img_size=224, top1=top1, top1_err=100 - top1, top5=95.0, top5_err=5.0, param_count=28.3,
+                crop_pct=0.875, interpolation="bicubic")
+
+
+def test_a_results_file_without_its_last_line_break_gets_the_row_on_a_line_of_its_own(tmp_path):
+    from dinat_timm.results.timm_format import append_timm_row
+
+    path = tmp_path / "results.csv"
+    append_timm_row(path, _timm_row("a"))
+    path.write_text(path.read_text().rstrip("\n"))  # as an editor may save it
+    append_timm_row(path, _timm_row("b"))
+    assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["model", "a", "b"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_write_that_fails_leaves_every_earlier_result(tmp_path, monkeypatch, fmt):
+    """A full disk while the file is written: the earlier evaluations are all still there, the file whole."""
+    from dinat_timm.results import timm_format
+
+    path = tmp_path / f"results.{fmt}"
+    timm_format.append_timm_row(path, _timm_row("a"), fmt)
+    before = path.read_bytes()
+
+    def full_disk(self, text, encoding=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        timm_format.append_timm_row(path, _timm_row("b"), fmt)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+def test_timm_results_publish_only_whole_rows_of_the_published_weights_the_latest_by_time(tmp_path):
+    """Random weights, a checkpoint of one's own, a flagged (incomplete) row, a row with a missing figure: not in
+    timm's files. Of two hosts' rows of one model, the later one by its timestamp, whatever the folder order."""
+    from dinat_timm.results.timm_format import publishable
+
+    base = dict(suite="accuracy", status="ok", eval_set="imagenet", dataset="/data/imagenet", pretrained=1, flag="",
+                **_timm_row("good"))
+    rows = pd.DataFrame([
+        dict(base, model="random", pretrained=0),
+        dict(base, model="mine", checkpoint="last.pth.tar (sha256 abc)"),
+        dict(base, model="flagged", flag="incomplete: 3 unreadable image(s) skipped"),
+        dict(base, model="gap", param_count=None),
+        dict(base, model="twice", top1=81.0, timestamp="2026-12-02T10:00:00", run_id="zz-host-2026"),
+        dict(base, model="twice", top1=79.0, timestamp="2026-12-01T10:00:00", run_id="aa-host-2026"),
+        dict(base),
+    ])
+    kept = publishable(rows)
+    assert sorted(kept["model"]) == ["good", "twice"]
+    assert kept.set_index("model").loc["twice", "top1"] == 81.0

@@ -155,3 +155,25 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         append_rows(csv, [{"model": "b", "top1": 2.0}])
     assert csv.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_symlinked_csv_is_written_through_and_stays_a_link(tmp_path):
+    real = tmp_path / "store" / "throughput.csv"
+    real.parent.mkdir()
+    link = tmp_path / "throughput.csv"
+    link.symlink_to(real)
+    append_rows(link, [dict(suite="throughput", model="a", infer_samples_per_sec=1.0)])
+    append_rows(link, [dict(suite="throughput", model="b", infer_samples_per_sec=2.0)])
+    assert link.is_symlink() and read_csv(real)["model"].tolist() == ["a", "b"]
+
+
+def test_a_row_with_many_rounds_is_written_and_read_back(tmp_path):
+    """A samples_ms cell longer than Python's csv field limit (131072 characters): still a row."""
+    samples = [100.0 + (i % 7) for i in range(30000)]
+    row = dict(suite="throughput", model="a", infer_batch_size=8, infer_img_size=224, rounds=len(samples),
+               infer_step_time=103.0, infer_samples_per_sec=8 / 0.103, samples_ms=" ".join(f"{s:g}" for s in samples))
+    path = tmp_path / "throughput.csv"
+    append_rows(path, [row])
+    append_rows(path, [dict(row, model="b")])
+    table = read_csv(path)
+    assert table["model"].tolist() == ["a", "b"] and len(table["samples_ms"][1].split()) == 30000

@@ -72,11 +72,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["ETag"] = f'"{hashlib.sha256(payload).hexdigest()}"'
             return self._reply(200, headers, payload, body)
         payload = self.server.files.get((None, path))
+        if isinstance(payload, tuple):  # (bytes, headers): a page served as one, or a body cut without a length
+            payload, headers = payload
+            return self._reply(200, headers, payload, body)
         return self._reply(404, {}, b"", body) if payload is None else self._reply(200, {}, payload, body)
 
     def _reply(self, status, headers, payload, body):
         self.send_response(status)
-        for k, v in {**headers, "Content-Length": str(len(payload))}.items():
+        headers = dict(headers)
+        if headers.pop("No-Length", None) is None:
+            headers["Content-Length"] = str(len(payload))
+        else:
+            self.close_connection = True
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         if body:
@@ -319,3 +327,25 @@ def test_a_truncated_pth_is_called_a_damaged_archive(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptCheckpoint, match=r"is a damaged zip archive .*end is missing"):
         timm.create_model("dinat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10))
+
+
+@pytest.mark.parametrize("served, words", [
+    ((b"<!DOCTYPE html><html>Sign in</html>", {"Content-Type": "text/html; charset=utf-8"}), "a text/html page"),
+    ("cut", "damaged zip archive"),
+], ids=["an-html-page", "cut-without-a-length"])
+def test_a_download_that_is_not_the_whole_checkpoint_never_becomes_the_cached_copy(tmp_path, hub_server, served, words):
+    """A page served with 200, or a checkpoint cut short by a server that sent no length: not cached (the next
+    call fetches again), the reason said with the URL."""
+    from dinat_timm.models._weights import WeightSources
+
+    whole = serialized(fixture("upstream_dinat_small.pt")["state_dict"])
+    if served == "cut":
+        served = (whole[: len(whole) // 2], {"No-Length": "1", "Content-Type": "application/octet-stream"})
+    server = hub_server({(None, "/w/dinat_mini.pth"): served})
+    sources = WeightSources(None, f"{server.url}/w/dinat_mini.pth", str(tmp_path / "cache"))
+    found, problems = sources.download()
+    assert found is None and words in problems[0] and server.url in problems[0], problems
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []
+    server.files[(None, "/w/dinat_mini.pth")] = whole  # the server mended: fetched again, and cached
+    found, _ = WeightSources(None, f"{server.url}/w/dinat_mini.pth", str(tmp_path / "cache")).download()
+    assert found and Path(found).read_bytes() == whole

@@ -92,16 +92,45 @@ class _EachImageOnce(Dataset):
     def __getitem__(self, index):
         from PIL import Image
 
-        source, target, *_ = self.dataset.reader[index]
+        samples = getattr(self.dataset.reader, "samples", None)
+        target = samples[index][1] if samples is not None else None
         try:
+            source, target, *_ = self.dataset.reader[index]
             with contextlib.ExitStack() as stack:
                 if hasattr(source, "close"):
                     stack.callback(source.close)
-                image = Image.open(source).convert("RGB")  # convert decodes every pixel
+                image = as_rgb(Image.open(source))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            name = self.dataset.filename(index)
-            return None, -1 if target is None else target, f"{name} ({type(e).__name__}: {e})", name
-        return self.transform(image), -1 if target is None else target, None, self.dataset.filename(index, basename=True)
+            name = printable(self.dataset.filename(index))
+            return None, -1 if target is None else target, f"{name} ({_why_unreadable(self.dataset, index, e)})", name
+        return (self.transform(image), -1 if target is None else target, None,
+                printable(self.dataset.filename(index, basename=True)))
+
+
+def as_rgb(image):
+    """An image as 8-bit RGB, decoding every pixel. 16-bit grey (PNG's ``I;16``, or ``I`` holding 16-bit values)
+    is scaled to 8 bits: PIL's own conversion clips it, and every image would read as white."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+            pixels = pixels * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def printable(name: str) -> str:
+    """A file name as a row can hold it: bytes that are not UTF-8 (kept by Python as surrogates) as escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _why_unreadable(dataset, index, error) -> str:
+    path = dataset.filename(index, absolute=True)
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a dangling symlink: its target {printable(os.readlink(path))} does not exist"
+    return f"{type(error).__name__}: {error}"
 
 
 class LabelProblem(ValueError):
@@ -130,6 +159,51 @@ def image_root(data_dir, split: str) -> Path:
         raise LabelProblem(f"{root} has no split {split!r} (it has {', '.join(splits)}): give --split one of those, "
                            "or --data-dir the folder of the images to score")
     return root
+
+
+def check_tree(folder: Path) -> None:
+    """Refuse a folder that timm's ImageFolder reader (it walks every sub-folder, following links, and names a
+    class by the folder an image is in) would read into other classes than its class folders, or twice: images in
+    a sub-folder of a class folder (a class of their own, every later label shifted), images beside the class
+    folders (a class named ''), a linked folder inside a class folder (a loop never ends; another folder's images
+    repeat), two class folders that are one folder; and a folder without any image."""
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    extensions = set(get_img_extensions())
+
+    def images(names):
+        return [n for n in names if os.path.splitext(n)[1].lower() in extensions]
+
+    if not folder.is_dir():
+        return  # a tar or another reader: timm checks it
+    classes = sorted(d for d in folder.iterdir() if d.is_dir())
+    top = images(f.name for f in folder.iterdir() if f.is_file())
+    if classes and top:
+        raise LabelProblem(f"{folder}: image file(s) beside the class folders ({printable(top[0])}"
+                           f"{f' and {len(top) - 1} more' if len(top) > 1 else ''}): timm reads them as a class "
+                           "named '' and numbers every class folder one higher. Move them into their class folder")
+    seen, found = {}, bool(top)
+    for cls in classes:
+        real = cls.resolve()
+        if real in seen:
+            raise LabelProblem(f"{folder}: class folders {printable(seen[real].name)} and {printable(cls.name)} are one "
+                               "folder (a link): its images would be scored twice, as two classes")
+        seen[real] = cls
+        for root, dirs, files in os.walk(cls):
+            for d in dirs:
+                if os.path.islink(os.path.join(root, d)):
+                    where = printable(os.path.relpath(os.path.join(root, d), folder))
+                    raise LabelProblem(f"{folder}: {where} is a link to a folder inside a class folder: timm follows "
+                                       "it (a link that loops never ends; another folder's images are read again)")
+            here = images(files)
+            found = found or bool(here)
+            if here and root != str(cls):
+                inner = printable(os.path.relpath(root, folder))
+                raise LabelProblem(f"{folder}: {inner} holds images inside a class folder: timm reads them as a class "
+                                   f"named {os.path.basename(root)!r} and shifts every label after it. Move them up "
+                                   "into their class folder")
+    if not found:
+        raise LabelProblem(f"{folder} holds no image (none of {', '.join(sorted(extensions))}): nothing to score")
 
 
 def check_labels(folder: Path, num_classes: int) -> None:
@@ -202,6 +276,7 @@ class EvalSet:
     valid_labels: Optional[List[int]] = None
     subset: Optional[List[str]] = None  # the synsets the valid labels stand for, in order
     class_map: Optional[str] = None
+    class_names: List[str] = field(default_factory=list)  # the class map's names, in index order
     real_labels: Optional[list] = None
 
     @classmethod
@@ -210,6 +285,11 @@ class EvalSet:
         """The set's defaults (``dataset``), overridden by the files given; every file checked and named."""
         if dataset is not None and dataset not in EVAL_SETS:
             raise LabelProblem(f"unknown evaluation set {dataset!r}; known: {', '.join(EVAL_SETS)}")
+        if real_labels is not None and dataset not in (None, "imagenet-real"):
+            raise LabelProblem(f"--real-labels scores ReaL, and --dataset says {dataset}: give --dataset imagenet-real "
+                               "(or leave it out), so that the row is not named as the other set's")
+        if real_labels is not None:
+            dataset = "imagenet-real"
         defaults = EVAL_SETS.get(dataset, {})
         if dataset is not None and num_classes != 1000:
             raise LabelProblem(f"{dataset} is scored with ImageNet-1k's 1000 classes and the model has {num_classes}: "
@@ -228,9 +308,8 @@ class EvalSet:
             out.subset = timm_info(defaults["subset"]).read_text().split()
         cmap = class_map or (timm_info(defaults["class_map"]) if "class_map" in defaults else None)
         if cmap is not None:
-            if not Path(cmap).is_file():
-                raise LabelProblem(f"class map {cmap}: no such file")
             out.class_map = str(cmap)
+            out.class_names = read_class_map(cmap, len(out.valid_labels) if out.valid_labels else num_classes)
         real = real_labels or (timm_info(defaults["real_labels"]) if "real_labels" in defaults else None)
         if real is not None:
             try:
@@ -239,11 +318,24 @@ class EvalSet:
                 raise LabelProblem(f"ReaL labels {real}: not a JSON list ({e})") from None
             if not isinstance(out.real_labels, list) or not all(isinstance(x, list) for x in out.real_labels):
                 raise LabelProblem(f"ReaL labels {real}: not a list of label lists, one per validation image")
+            bad = next(((i, x) for i, labels in enumerate(out.real_labels) for x in labels
+                        if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < num_classes), None)
+            if bad is not None:
+                raise LabelProblem(f"ReaL labels {real}: image {bad[0] + 1}'s label {bad[1]!r} is not a class index of "
+                                   f"the model's {num_classes}: it could never be hit")
+            if not any(out.real_labels):
+                raise LabelProblem(f"ReaL labels {real}: every image's list is empty, so no image would be scored")
         return out
 
     def check_folder(self, folder: Path, num_classes: int) -> None:
         """The folder's labels against what the set scores."""
+        check_tree(folder)
         if self.class_map:
+            names = {d.name for d in folder.iterdir() if d.is_dir()} if folder.is_dir() else set()
+            missing = [n for n in self.class_names if n not in names]
+            if missing:
+                raise LabelProblem(f"{folder} has no folder for {len(missing)} of the class map's {len(self.class_names)} "
+                                   f"classes (e.g. {printable(missing[0])}): they would never be scored")
             return  # the map numbers the classes; folders it does not name are not read
         if self.subset is not None:
             names = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
@@ -276,6 +368,34 @@ class EvalSet:
                                    "ReaL labels are matched by it")
             lists[name] = self.real_labels[int(match[1]) - 1]
         return lists
+
+
+def read_class_map(path, classes: int) -> List[str]:
+    """A class map as timm reads one (a ``.txt`` file, one class folder name a line, its line number the class
+    index), checked: another format, an empty or repeated name, or more names than ``classes`` is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelProblem(f"class map {path}: no such file")
+    if path.suffix.lower() != ".txt":
+        raise LabelProblem(f"class map {path}: a {path.suffix or 'file without an extension'}; the accuracy tool reads "
+                           "timm's text class maps (.txt, one class folder name a line, its line number the index)")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise LabelProblem(f"class map {path} is not UTF-8 text ({e.reason})") from None
+    while names and not names[-1]:
+        names.pop()
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if not names or empty:
+        raise LabelProblem(f"class map {path}: " + (f"line {empty[0]} is empty" if empty else "names no class"))
+    if repeated:
+        raise LabelProblem(f"class map {path} names {printable(repeated[0])} twice: timm keeps the last line, and the "
+                           "class of the first would never be scored")
+    if len(names) > classes:
+        raise LabelProblem(f"class map {path} has {len(names)} classes and the model's scores {classes}: indices "
+                           f"from {classes} on could never be hit")
+    return names
 
 
 def _collate(samples):
@@ -453,8 +573,9 @@ def evaluate(model_name: str, data_dir, split: str = "validation", batch_size: i
     except UnreadableImages as e:
         raise UnreadableImages(f"{data_dir}: {e}") from None
     if counts.scored == 0:
-        raise ValueError(f"no image of {data_dir} (split {split!r}) was scored: the data set is empty"
-                         + (f" or all {len(counts.skipped)} images were unreadable" if counts.skipped else ""))
+        raise LabelProblem(f"no image of {data_dir} (split {split!r}) was scored: "
+                           + (f"all {len(counts.skipped)} images were unreadable" if counts.skipped else
+                              "every image was left out (an empty ReaL list)"))
     row = result_row(model_name, model, images, counts)
     if checkpoint:
         row["checkpoint"] = checkpoint_label(checkpoint)

@@ -27,8 +27,8 @@ OPTIONS = {
     "eval-batch-size": ("32", "batch size for accuracy"),
     "img-size": ("", "input size override (default: the model's pretrained cfg)"),
     "dtypes": ("fp32", "comma list of fp32, bf16, fp16 (bf16/fp16 run under autocast; fp16 on GPU only)"),
-    "channels-last": ("0", "comma list of 0/1"),
-    "compile": ("0", "comma list of 0/1: torch.compile the model"),
+    "channels-last": ("0", "comma list of yes/no (1/0, true/false, yes/no, on/off): channels-last memory format"),
+    "compile": ("0", "comma list of yes/no (1/0, true/false, yes/no, on/off): torch.compile the model"),
     "backends": ("auto", "comma list of attention backends for the models (auto, triton, tiled, natten, natten_legacy, "
                          "flex; window:NAME runs DiNAT's k×k-sub-grid layers as window attention, the rest on NAME)"),
     "op-backends": ("triton,tiled,natten_legacy", "backends timed by the operator suite, where they can run on the device "
@@ -43,15 +43,16 @@ OPTIONS = {
     "scaling-rounds": ("2", "timed rounds per size in the scaling suite (after one warm-up)"),
     "rounds": ("5", "timed rounds per benchmark"),
     "warmup": ("2", "untimed warm-up rounds per benchmark"),
-    "memory-breakdown": ("0", "1: the memory suite also writes which blocks hold the bytes alive at each row's peak "
-                              "(memory_breakdown.csv)"),
+    "memory-breakdown": ("0", "yes (1, true, on): the memory suite also writes which blocks hold the bytes alive at "
+                              "each row's peak (memory_breakdown.csv)"),
     "max-samples": ("0", "stop accuracy after this many images (0 = all)"),
-    "skip-unreadable": ("0", "1: skip images that cannot be decoded (counted and named in the row, which is flagged); "
-                             "0: an unreadable image fails the accuracy row"),
+    "skip-unreadable": ("0", "yes: skip images that cannot be decoded (counted and named in the row, which is "
+                             "flagged); no: an unreadable image fails the accuracy row"),
     "results-dir": ("", "where this run's CSVs and boards go; empty = results/runs/<host>-<date>"),
-    "tf32": ("", "1/0: TF32 for matmuls and cuDNN convolutions (moves fp32 results ~1e-3 on GPUs); "
-                 "empty = 0 for accuracy (reproducible), PyTorch's own default for speed and memory"),
-    "pretrained": ("auto", "1 = load published weights (needs them cached), 0 = random init, auto = 1 only with --data-dir"),
+    "tf32": ("", "yes/no: TF32 for matmuls and cuDNN convolutions (moves fp32 results ~1e-3 on GPUs); "
+                 "empty = no for accuracy (reproducible), PyTorch's own default for speed and memory"),
+    "pretrained": ("auto", "yes = load published weights (needs them cached), no = random init, auto = yes only with "
+                           "--data-dir"),
 }
 
 PRESETS = {
@@ -67,6 +68,21 @@ PRESETS = {
 
 class OptionError(ValueError):
     """An option value the suites cannot use; the message names the option."""
+
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+BOOLEANS = ("memory-breakdown", "skip-unreadable")  # also: tf32 (empty = PyTorch's default), pretrained (auto)
+BOOLEAN_LISTS = ("channels-last", "compile")  # comma lists of booleans: each value is measured
+
+
+def parse_bool(name: str, word: str) -> bool:
+    """What pytest users type for a yes/no: 1/0, true/false, yes/no, on/off (any case)."""
+    low = word.strip().lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    raise OptionError(f"--{name}: {word!r} is not a yes/no (1/0, true/false, yes/no, on/off)")
 
 
 def env_name(name: str) -> str:
@@ -99,6 +115,24 @@ class BenchOptions:
 
     def list(self, name: str) -> List[str]:
         return [x.strip() for x in self.get(name).split(",") if x.strip()]
+
+    def flag(self, name: str) -> bool:
+        """A yes/no option (``BOOLEANS``): 1/0, true/false, yes/no, on/off."""
+        return parse_bool(name, self.get(name))
+
+    def flags(self, name: str) -> List[bool]:
+        """A comma list of yes/no values (``BOOLEAN_LISTS``), each once, in order."""
+        return list(dict.fromkeys(parse_bool(name, w) for w in self.list(name)))
+
+    def pretrained(self, has_data: bool) -> bool:
+        """``--pretrained``: yes/no, or auto (the published weights only where a real data set is given)."""
+        word = self.get("pretrained")
+        return has_data if word.strip().lower() == "auto" else parse_bool("pretrained", word)
+
+    def tf32(self) -> Optional[bool]:
+        """``--tf32``: yes/no, or empty for PyTorch's own default."""
+        word = self.get("tf32")
+        return None if not word.strip() else parse_bool("tf32", word)
 
     def ints(self, name: str, minimum: int = 0, maximum: Optional[int] = None) -> List[int]:
         values = []
@@ -146,18 +180,33 @@ class BenchOptions:
         return values[0]
 
     def check(self) -> None:
-        """Parse every option that takes numbers or names, so that a bad one stops the run before it starts
-        (``OptionError``, one line) instead of failing one test at a time."""
+        """Parse every option, so that a bad one stops the run before anything runs (``OptionError``, one line
+        naming it) instead of being read as something else, deselecting every test, or failing one test at a
+        time: numbers and their ranges, yes/no words, dtypes, model and backend names, the device, the folders."""
         from .scaling import scaling_sizes
 
         self.ints("batch-size", minimum=1)
         self.dtypes()
-        for name in ("rounds", "warmup", "op-batch-size", "scaling-rounds"):
-            self.int(name, minimum=1 if name != "warmup" else 0)
+        for name in ("rounds", "warmup", "op-batch-size", "scaling-rounds", "eval-batch-size", "max-samples"):
+            self.int(name, minimum=1 if name not in ("warmup", "max-samples") else 0)
         if self.get("img-size"):
             self.int("img-size", minimum=32)
+        if self.get("scaling-batch-size"):
+            self.int("scaling-batch-size", minimum=1)
         scaling_sizes(self)
         self.eval_sets()
+        for name in BOOLEANS:
+            self.flag(name)
+        for name in BOOLEAN_LISTS:
+            if not self.flags(name):
+                raise OptionError(f"--{name} names no value: give 0, 1 or both (0,1)")
+        self.pretrained(has_data=bool(self.get("data-dir")))
+        self.tf32()
+        self._check_names()
+        self._check_device()
+        data_dir = self.get("data-dir")
+        if data_dir and not Path(data_dir).exists():
+            raise OptionError(f"--data-dir {data_dir}: no such file or directory")
         results = Path(self.get("results-dir")) if self.get("results-dir") else None
         if results is not None:
             if results.exists() and not results.is_dir():
@@ -165,6 +214,53 @@ class BenchOptions:
             existing = next(p for p in [results, *results.parents] if p.exists())
             if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
                 raise OptionError(f"--results-dir {results}: {existing} cannot be written")
+
+    def _check_names(self) -> None:
+        """Every model name registered with timm, every backend and dtype one the suites know: a typo would
+        otherwise fail each of its tests, or deselect them all without a word."""
+        import timm
+
+        import dinat_timm  # noqa: F401  (registers the models)
+        from ..ops.backends import BACKENDS
+        from .steps import DTYPES
+
+        for name in ("models", "reference-models", "scaling-models"):
+            unknown = [m for m in self.list(name) if not timm.models.is_model(m.split(".")[0])]
+            if unknown:
+                close = timm.list_models(f"*{unknown[0].split('.')[0].split('_')[0]}*")[:5]
+                raise OptionError(f"--{name}: {unknown[0]!r} is not a registered model"
+                                  + (f" (close: {', '.join(close)})" if close else ""))
+        if not self.list("models"):
+            raise OptionError("--models names no model")
+        known = set(BACKENDS) | {"auto"}
+        for word in self.list("backends"):
+            spec = word.split(":", 1)[1] if word.startswith("window:") else word
+            if spec not in known:
+                raise OptionError(f"--backends: {word!r} is not a backend; valid: {', '.join(sorted(known))} "
+                                  "(window:NAME for the window layout)")
+        for word in self.list("op-backends"):
+            if word not in BACKENDS:
+                raise OptionError(f"--op-backends: {word!r} is not a backend; valid: {', '.join(sorted(BACKENDS))}")
+        unknown = [d for d in self.list("op-dtypes") if d not in DTYPES]
+        if unknown or not self.list("op-dtypes"):
+            raise OptionError(f"--op-dtypes: {', '.join(map(repr, unknown)) or 'nothing'} is not a dtype the suites "
+                              f"know; valid: {', '.join(DTYPES)}")
+
+    def _check_device(self) -> None:
+        import torch
+
+        word = self.get("device")
+        try:
+            device = torch.device(word)
+        except (RuntimeError, ValueError) as e:
+            raise OptionError(f"--device {word!r} is not a device ({str(e).splitlines()[0]}): cpu, cuda, cuda:1 …") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise OptionError(f"--device {word}: CUDA is not available here")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise OptionError(f"--device {word}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        elif device.type != "cpu":
+            raise OptionError(f"--device {word}: the suites run on cpu or cuda")
 
     @property
     def on_gpu(self) -> bool:

@@ -254,6 +254,14 @@ def _reporting(pairs, progress, raw):
         yield pair
 
 
+def checkout_root(where: Path) -> Path:
+    """The top of the git checkout ``where`` is in (the gate may be started from any of its folders)."""
+    proc = subprocess.run(["git", "-C", str(where), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GateError(f"{where.resolve()} is not inside a git checkout: the gate compares two commits")
+    return Path(proc.stdout.strip()).resolve()
+
+
 def resolve_base(root: Path, base: Optional[str]) -> Tuple[str, str, str]:
     """(ref, commit, why the ref): the base asked for, or the natural one, as a commit of ``root``."""
     why = "as given"
@@ -276,7 +284,7 @@ def run_gate(root: Path, base: Optional[str] = None, models: Sequence[str] = DEF
     docstring. ``stop_early=False`` spends the whole budget (to record the machine's noise in ``raw``)."""
     started = time.monotonic() - already_s
     deadline = started + budget_s - CLEANUP_S
-    root = Path(root).resolve()
+    root = checkout_root(Path(root))
     base, commit, why = resolve_base(root, base)
     cores = _two_cores()
     with Worktree(root, commit) as tree:

@@ -53,9 +53,17 @@ def check_export(directory) -> str:
         check_checkpoint_file(weights)
     except CorruptCheckpoint as e:
         raise HubError(str(e)) from None
+    recorded = config.get("dinat_timm_weights_sha256")
+    if recorded is not None:
+        from .export import weights_digest
+
+        actual = weights_digest(weights)
+        if actual != recorded:
+            raise HubError(f"{weights} is not the file {config_path} was written with (its sha256 {actual[:12]}…, the "
+                           f"config's {str(recorded)[:12]}…): a partial or interrupted overwrite? Export again")
     try:
         timm.create_model(f"local-dir:{directory}", pretrained=True)
-    except (CheckpointMismatchError, CorruptCheckpoint, RuntimeError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - a hand-edited config can fail anywhere in timm's builder: said in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HubError(f"{weights} does not load into {config['architecture']!r} as {config_path} describes it: "
                        f"{first}") from None

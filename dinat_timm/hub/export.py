@@ -87,21 +87,86 @@ def check_output(out_dir, overwrite: bool = False) -> Path:
     return out
 
 
-def _write_into(out: Path, files: Dict[str, Callable[[Path], None]]) -> None:
-    """Every file written into a temporary folder beside ``out`` first; only when all are written do they
-    move in (the folder renamed into place where ``out`` is new), so a failure leaves ``out`` as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+def _stale_staging(out: Path):
+    """Staging folders an earlier export of ``out`` left behind (it was killed): their process is gone."""
+    for staged in out.parent.glob(f".{out.name}.export-*"):
+        pid = staged.name.rsplit("-", 2)[-2] if staged.name.count("-") >= 2 else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            yield staged
+        except PermissionError:
+            pass  # another user's live process
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where it is not available."""
+    import ctypes
+    import ctypes.util
+
     try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _write_into(out: Path, files: Dict[str, Callable[[Path], None]]) -> None:
+    """Every file written into a staging folder beside ``out`` first (with the modes a plain ``mkdir`` and ``open``
+    would give, not a temporary folder's private ones); only when all are written does the folder take ``out``'s
+    place, in one step: renamed into place where ``out`` is new; where it exists, the staging folder gets
+    ``out``'s other entries (hard links) and the two folders are exchanged atomically. A failure or a kill at any
+    point leaves ``out`` as it was: old files with old files, never new weights under an old config. Staging
+    folders a killed export left are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _stale_staging(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(staging, 0o777 & ~umask)
         for name, write in files.items():
-            write(staging / name)
+            try:
+                write(staging / name)
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a writer's own error (safetensors' on a full disk): one line
+                raise HubError(f"writing {name} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         if not out.exists():
             os.rename(staging, out)
             return
-        for name in files:
-            os.replace(staging / name, out / name)
+        for entry in out.iterdir():
+            if entry.name not in files:
+                target = staging / entry.name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, target, symlinks=True, copy_function=os.link)
+                elif entry.is_symlink():
+                    os.symlink(os.readlink(entry), target)
+                else:
+                    os.link(entry, target)
+        if _exchange(staging, out):
+            return  # staging now holds the old folder: removed below
+        backup = staging.with_name(staging.name + "-old")
+        os.rename(out, backup)  # where the kernel cannot exchange: two renames, the old folder kept until the second
+        os.rename(staging, out)
+        shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def weights_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_id: Optional[str] = None,
@@ -157,9 +222,14 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
 
     out = Path(out_dir)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+
+    def config(path: Path) -> None:  # written after the weights: it records their sha256, which `check` verifies
+        result.config["dinat_timm_weights_sha256"] = weights_digest(path.with_name("model.safetensors"))
+        path.write_text(json.dumps(result.config, indent=2))
+
     _write_into(out, {
         "model.safetensors": lambda p: safetensors.torch.save_file(state, str(p), metadata={"format": "pt"}),
-        "config.json": lambda p: p.write_text(json.dumps(result.config, indent=2)),
+        "config.json": config,
         "README.md": lambda p: p.write_text(result.card, encoding="utf-8"),
     })
     result.files = {name: (out / name).stat().st_size for name in FILES}

@@ -113,6 +113,9 @@ class WeightSources:
         return None, f"{self.repo_page()} holds none of {', '.join(missing)}"
 
     def _from_url(self) -> Tuple[Optional[str], str]:
+        """The URL's file, into the cache only once it is whole and a checkpoint: an interrupted download, one cut
+        short of its Content-Length, or a page (a login or error page served with 200) never becomes the cached
+        copy that every later call would trust."""
         import tempfile
         import urllib.request
 
@@ -120,14 +123,23 @@ class WeightSources:
         partial = None
         try:
             with urllib.request.urlopen(self.url, timeout=_URL_TIMEOUT_S) as response:
+                expected = response.headers.get("Content-Length")
+                kind = response.headers.get("Content-Type", "")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as part:
+                with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix,
+                                                 delete=False) as part:
                     partial = part.name
                     while chunk := response.read(1 << 20):
                         part.write(chunk)
+            got = os.path.getsize(partial)
+            if expected is not None and expected.isdigit() and got != int(expected):
+                raise CorruptCheckpoint(f"the download was cut at {got} of {expected} bytes")
+            if kind.startswith("text/"):
+                raise CorruptCheckpoint(f"the server answered with a {kind.split(';')[0]} page, not a checkpoint")
+            check_checkpoint_file(partial)
             os.replace(partial, target)  # whole or not at all: an interrupted download leaves no file
             return str(target), ""
-        except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, HTTP error: said with the URL
+        except Exception as e:  # noqa: BLE001 - DNS, refused, timeout, HTTP error, not a checkpoint: said with the URL
             if partial and os.path.exists(partial):
                 os.unlink(partial)
             return None, f"{self.url} could not be fetched: {_first_line(e)}"

@@ -135,8 +135,9 @@ def _run(args) -> int:
         rows = pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
         texts = timm_tables(rows)
         if not texts:
-            raise UsageError(f"{args.results_dir} has no accuracy row of timm's evaluation sets (the eval_set column: "
-                             "run the accuracy tool with --dataset)")
+            raise UsageError(f"{args.results_dir} has no accuracy row timm's files may hold: of one of timm's evaluation "
+                             "sets (the eval_set column: run the accuracy tool with --dataset), of the published weights "
+                             "(--pretrained), unflagged, every figure present")
         problem = check_targets(args.out, list(texts), args.overwrite)
         if problem:
             raise UsageError(problem)

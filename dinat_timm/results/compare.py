@@ -101,8 +101,18 @@ class Verdict:
     not_compared: int = 0
 
     @property
+    def inconclusive(self) -> int:
+        """Rows whose rounds cannot tell a change beyond the tolerance from none."""
+        return int(self.table["change"].astype(str).str.endswith(": inconclusive").sum()) if not self.table.empty else 0
+
+    @property
     def passed(self) -> bool:
-        return self.regressions == 0
+        return self.regressions == 0 and self.inconclusive == 0
+
+    @property
+    def exit_code(self) -> int:
+        """1 a regression; 2 none, but rows the rounds cannot judge (as the gate's "cannot judge"); 0 clear."""
+        return 1 if self.regressions else 2 if self.inconclusive else 0
 
 
 def _suites(df: pd.DataFrame) -> set:
@@ -356,11 +366,17 @@ def run(base: str, new: str, *, max_slowdown: float = 0.10, max_top1_drop: float
         verdict = compare(base_table, new_table, max_slowdown, max_top1_drop, relative_to, allow_device_mismatch,
                           include_flagged, require_same_rows)
     except Refused as e:
+        if output_format == "json":  # a script reading the output gets JSON either way
+            import json
+
+            print(json.dumps({"passed": None, "exit_code": 2, "errors": e.problems}, indent=2))
+        elif output_format == "markdown":
+            print("### Benchmark comparison: ⚠️ cannot compare\n\n" + "\n".join(f"- {p}" for p in e.problems))
         for problem in e.problems:
             print(f"error: compare: {problem}", file=sys.stderr)
         return 2
     print(report(verdict, output_format, only_regressions, max_slowdown, max_top1_drop, relative_to, require_same_rows))
-    return 0 if verdict.passed else 1
+    return verdict.exit_code
 
 
 def report(verdict: Verdict, output_format: str, only_regressions: bool, max_slowdown: float, max_top1_drop: float,
@@ -370,15 +386,19 @@ def report(verdict: Verdict, output_format: str, only_regressions: bool, max_slo
     skipped = f"; {verdict.not_compared} row(s) not compared (listed above)" if verdict.not_compared else ""
     if verdict.not_compared and only_regressions and not require_same_rows:
         skipped = f"; {verdict.not_compared} row(s) not compared (run without --only-regressions to list them)"
-    line = (f"verdict: {'PASS' if verdict.passed else 'FAIL'} — {verdict.regressions} regression(s) "
+    word = {0: "PASS", 1: "FAIL", 2: "CANNOT JUDGE"}[verdict.exit_code]
+    unsure = (f"; {verdict.inconclusive} row(s) inconclusive: their rounds cannot tell a change beyond "
+              f"{max_slowdown * 100:g}% from none (re-measure with more --rounds, or on a quieter machine)"
+              if verdict.inconclusive else "")
+    line = (f"verdict: {word} — {verdict.regressions} regression(s) "
             f"(max slowdown {max_slowdown * 100:g}%, max top-1 drop {max_top1_drop:g} pt"
-            f"{', speed relative to ' + relative_to if relative_to else ''}){skipped}")
+            f"{', speed relative to ' + relative_to if relative_to else ''}){unsure}{skipped}")
     if output_format == "json":
         import json
 
         rows = table.drop(columns=["compared"]).astype(object).where(table.drop(columns=["compared"]).notna(), None)
-        return json.dumps({"passed": verdict.passed, "regressions": verdict.regressions,
-                           "not_compared": verdict.not_compared, "max_slowdown": max_slowdown,
+        return json.dumps({"passed": verdict.passed, "exit_code": verdict.exit_code, "regressions": verdict.regressions,
+                           "inconclusive": verdict.inconclusive, "not_compared": verdict.not_compared, "max_slowdown": max_slowdown,
                            "max_top1_drop": max_top1_drop, "relative_to": relative_to,
                            "rows": rows.to_dict("records"), "verdict": line}, indent=2, default=str)
     if output_format == "markdown":
@@ -391,7 +411,8 @@ def report(verdict: Verdict, output_format: str, only_regressions: bool, max_slo
 
 def as_markdown(table: pd.DataFrame, verdict: Verdict, line: str) -> str:
     """The comparison as a markdown table (a CI job summary, a pull request comment)."""
-    word = "✅ no regression" if verdict.passed else f"❌ {verdict.regressions} regression(s)"
+    word = ("✅ no regression" if verdict.passed else f"❌ {verdict.regressions} regression(s)" if verdict.regressions
+            else f"⚠️ cannot judge: {verdict.inconclusive} row(s) inconclusive")
     out = [f"### Benchmark comparison: {word}", "", "| configuration | metric | base | new | change | interval |",
            "|---|---|---|---|---|---|"]
 

@@ -38,6 +38,7 @@ class Column:
     bound: str = ""  # "positive" (> 0) or "non-negative" (>= 0), at most CEILING
     headline: bool = False  # an ok row of its suites needs this figure (or another headline one)
     timm_file: bool = False  # a column of timm's results files (results-imagenet.csv …), in this order
+    rounds_of: bool = False  # the figure a row's rounds (samples_ms) are the times of: their median, in ms
     doc: str = ""
 
     @property
@@ -66,12 +67,14 @@ COLUMNS: Tuple[Column, ...] = (
     _c("infer_batch_size", "int", "images", ("throughput",), CONFIG, key=True, lead=True),
     _c("infer_samples_per_sec", "float", "img/s", ("throughput",), MEASURE, better="higher", bound="positive",
        lead=True, headline=True),
-    _c("infer_step_time", "float", "ms", ("throughput",), MEASURE, better="lower", bound="positive", lead=True),
+    _c("infer_step_time", "float", "ms", ("throughput",), MEASURE, better="lower", bound="positive", lead=True,
+       rounds_of=True),
     _c("train_img_size", "int", "px", ("throughput",), CONFIG, key=True, lead=True),
     _c("train_batch_size", "int", "images", ("throughput",), CONFIG, key=True, lead=True),
     _c("train_samples_per_sec", "float", "img/s", ("throughput",), MEASURE, better="higher", bound="positive",
        lead=True, headline=True),
-    _c("train_step_time", "float", "ms", ("throughput",), MEASURE, better="lower", bound="positive", lead=True),
+    _c("train_step_time", "float", "ms", ("throughput",), MEASURE, better="lower", bound="positive", lead=True,
+       rounds_of=True),
     _c("peak_mem_mb", "float", "MB", ("memory", "memory_breakdown", "scaling"), MEASURE, bound="non-negative",
        lead=True, headline=True, doc="bytes alive at a step's peak beyond those alive before it"),
     _c("param_count", "float", "M", ("throughput", "accuracy"), MEASURE, lead=True, timm_file=True),
@@ -104,13 +107,13 @@ COLUMNS: Tuple[Column, ...] = (
     _c("kernel_size", "int", "", ("op",), CONFIG),
     _c("dilation", "int", "", ("op",), CONFIG, key=True),
     _c("rpb", "bool01", "", ("op",), CONFIG, "whether the op ran with a relative position bias", key=True),
-    _c("median_ms", "float", "ms", ("op",), MEASURE, better="lower", bound="positive", headline=True),
+    _c("median_ms", "float", "ms", ("op",), MEASURE, better="lower", bound="positive", headline=True, rounds_of=True),
     _c("windowed_ms", "float", "ms", ("op",), MEASURE, bound="positive", doc="window attention, the yardstick"),
     _c("ratio_vs_windowed", "float", "", ("op",), MEASURE, better="lower"),
     _c("dilations", "text", "", ("scaling",), CONFIG, "the backbone's dilations at that size"),
     _c("tokens", "int", "", ("scaling",), CONFIG),
     _c("samples_per_sec", "float", "img/s", ("scaling",), MEASURE, bound="positive", headline=True),
-    _c("step_time", "float", "ms", ("scaling",), MEASURE, bound="positive"),
+    _c("step_time", "float", "ms", ("scaling",), MEASURE, bound="positive", rounds_of=True),
     _c("dataset", "text", "", ("accuracy",), CONFIG, "the data folder, or generated-tiny", key=True),
     _c("eval_set", "text", "", ("accuracy",), CONFIG, "one of timm's evaluation sets", key=True),
     _c("samples", "int", "images", ("accuracy",), MEASURE),
@@ -195,6 +198,7 @@ HIGHER_IS_BETTER = names(better="higher", type="float")
 LOWER_IS_BETTER = names(better="lower")
 SPEED_METRICS = [c.name for c in COLUMNS if c.better and "throughput" in c.suites]  # divided by --relative-to
 TIMED_METRICS = set(SPEED_METRICS) | set(names(better="lower", bound="positive"))  # what samples_ms are rounds of
+ROUND_FIGURES = names(rounds_of=True)
 TIMM_BASE = [c.name for c in COLUMNS if c.timm_file and c.role != TIMM]
 TIMM_DIFFS = [c.name for c in COLUMNS if c.timm_file and c.role == TIMM]
 

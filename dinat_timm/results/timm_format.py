@@ -19,6 +19,8 @@ from typing import Dict, List, Mapping, Optional
 import pandas as pd
 
 from . import schema
+from .tables import accuracy_kind, flagged
+from .writer import replace_together
 
 BASE_COLUMNS = schema.TIMM_BASE
 DIFF_COLUMNS = schema.TIMM_DIFFS
@@ -77,15 +79,30 @@ def render(table: pd.DataFrame, diffs: bool) -> str:
     return out.getvalue()
 
 
-def timm_tables(rows: pd.DataFrame) -> Dict[str, str]:
-    """File name -> CSV text for every set that has rows (the latest row per model and image size); a
-    comparison file only where its base has rows."""
+def publishable(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows timm's files may hold: of timm's sets, ok, unflagged (not an incomplete or noisy row), of the
+    published weights on a real data set (not random weights, not a checkpoint of one's own), every figure of
+    timm's columns present; the latest of each set, model and image size by when it was measured (not by the
+    folder it sits in)."""
     if rows.empty or "eval_set" not in rows:
-        return {}
+        return rows.iloc[0:0]
     rows = rows[rows["eval_set"].fillna("").astype(str).isin(SETS)]
     if "status" in rows:
         rows = rows[rows["status"].fillna("ok") == "ok"]
-    rows = rows.drop_duplicates(["eval_set", "model", "img_size"], keep="last")
+    rows = rows[~flagged(rows) & (accuracy_kind(rows) == "imagenet")]
+    rows = rows.dropna(subset=[c for c in BASE_COLUMNS if c in rows])
+    if "timestamp" in rows:
+        rows = rows.assign(__when=pd.to_datetime(rows["timestamp"], errors="coerce")).sort_values(
+            "__when", kind="stable", na_position="first").drop(columns="__when")
+    return rows.drop_duplicates(["eval_set", "model", "img_size"], keep="last")
+
+
+def timm_tables(rows: pd.DataFrame) -> Dict[str, str]:
+    """File name -> CSV text for every set that has publishable rows (``publishable``); a comparison file only
+    where its base has rows."""
+    rows = publishable(rows)
+    if rows.empty:
+        return {}
     by_set = {name: group for name, group in rows.groupby("eval_set")}
     texts = {}
     for name in SETS:
@@ -101,26 +118,30 @@ def timm_tables(rows: pd.DataFrame) -> Dict[str, str]:
 
 def append_timm_row(path, row: Mapping, fmt: str = "csv") -> None:
     """Add one evaluation to a results file as timm's ``validate.py --results-file`` writes it (CSV with the base
-    header, or a JSON list); a file of another shape is refused, not rewritten."""
+    header, or a JSON list); a file of another shape is refused, not rewritten. The file is replaced whole,
+    through a temporary (``writer.replace_together``): a full disk or a kill leaves the earlier results as they
+    were, a last line without its line break is not glued to the new row, a symlink stays a link."""
     path = Path(path)
     record = {c: row[c] for c in BASE_COLUMNS}
+    old = path.read_text(encoding="utf-8") if path.exists() and path.stat().st_size else ""
     if fmt == "json":
-        existing = json.loads(path.read_text()) if path.exists() and path.stat().st_size else []
+        try:
+            existing = json.loads(old) if old.strip() else []
+        except ValueError as e:
+            raise ValueError(f"{path} is not JSON ({e}): not written") from None
         if not isinstance(existing, list):
             raise ValueError(f"{path} holds no JSON list of results: not written")
-        path.write_text(json.dumps(existing + [record], indent=4) + "\n")
-        return
-    table = pd.DataFrame([record])
-    text = render(table, diffs=False)
-    if path.exists() and path.stat().st_size:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != BASE_COLUMNS:
-            raise ValueError(f"{path} has the columns {header}, not timm's {BASE_COLUMNS}: not written")
-        with open(path, "a") as f:
-            f.write(text.split("\n", 1)[1])
-        return
-    path.write_text(text)
+        text = json.dumps(existing + [record], indent=4) + "\n"
+    else:
+        new = render(pd.DataFrame([record]), diffs=False)
+        if old:
+            header = next(csv.reader(io.StringIO(old)), [])
+            if header != BASE_COLUMNS:
+                raise ValueError(f"{path} has the columns {header}, not timm's {BASE_COLUMNS}: not written")
+            text = old + ("" if old.endswith("\n") else "\n") + new.split("\n", 1)[1]
+        else:
+            text = new
+    replace_together({path: lambda tmp: Path(tmp).write_text(text, encoding="utf-8")})
 
 
 def check_targets(out_dir, names: List[str], overwrite: bool) -> Optional[str]:

@@ -34,6 +34,9 @@ def _first(items, describe) -> str:
 
 def _parse(text: str, label: str) -> Tuple[List[str], List[Tuple[int, List[str]]], List[str]]:
     """(header, [(line number, fields)], problems) of CSV text."""
+    import sys
+
+    csv.field_size_limit(sys.maxsize)  # a row with many rounds has a long samples_ms cell: it is still a row
     problems = []
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -107,6 +110,8 @@ def check_table(header, body, label: str, require_suite: bool = True) -> List[st
         if bad:
             problems.append(f"{label}: column 'samples_ms' needs space-separated finite positive numbers (the rounds' "
                             "times): " + _first(bad, lambda b: f"line {b[0]} has {b[1][:40]!r}"))
+        else:
+            problems += _samples_against_figures(header, body, label)
     for suite in set(suites) & set(SUITES):
         needed = [c for c in SUITES[suite] if c in column]
         missing = []
@@ -117,6 +122,39 @@ def check_table(header, body, label: str, require_suite: bool = True) -> List[st
         if missing:
             problems.append(f"{label}: {suite} row(s) with status ok but no {' or '.join(SUITES[suite])}: "
                             + _first(missing, lambda n: f"line {n}"))
+    return problems
+
+
+_AGREE = 0.01  # the figure is the rounds' median, rounded: they agree within 1%
+
+
+def _samples_against_figures(header, body, label: str) -> List[str]:
+    """Rows whose rounds contradict their own figures (another count than ``rounds``, a median that is not the
+    row's step time): a verdict drawn from the rounds would not be about the row."""
+    import statistics
+
+    column = {name: i for i, name in enumerate(header)}
+    timed = [c for c in schema.ROUND_FIGURES if c in column]  # the figure the rounds are the times of
+    wrong_count, wrong_median = [], []
+    for number, fields in body:
+        cell = fields[column["samples_ms"]].strip()
+        if not cell:
+            continue
+        samples = [float(x) for x in cell.split()]
+        rounds = fields[column["rounds"]].strip() if "rounds" in column else ""
+        if rounds and float(rounds) != len(samples):
+            wrong_count.append((number, rounds, len(samples)))
+        figure = next((float(fields[column[c]]) for c in timed if fields[column[c]].strip()), None)
+        median = statistics.median(samples)
+        if figure is not None and abs(median - figure) > _AGREE * figure:
+            wrong_median.append((number, median, figure))
+    problems = []
+    if wrong_count:
+        problems.append(f"{label}: samples_ms does not hold one time per round: "
+                        + _first(wrong_count, lambda w: f"line {w[0]} says {w[1]} rounds and holds {w[2]} times"))
+    if wrong_median:
+        problems.append(f"{label}: samples_ms contradicts the row's own step time: "
+                        + _first(wrong_median, lambda w: f"line {w[0]}: rounds' median {w[1]:.4g} ms, figure {w[2]:.4g} ms"))
     return problems
 
 

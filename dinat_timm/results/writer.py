@@ -10,7 +10,8 @@ directory, is flushed, and is renamed over the old one. So:
   take turns and never lose each other's rows;
 - a crash or a kill mid-write leaves the old file as it was; the temporary file a killed writer
   leaves behind is removed by the next writer of that file;
-- the file keeps its permission bits, and a read-only file is refused, not replaced.
+- the file keeps its permission bits, and a read-only file is refused, not replaced;
+- a symlink is written through: its target is replaced, the link stays a link.
 """
 from __future__ import annotations
 
@@ -59,10 +60,16 @@ def _directory_locked(directory: Path):
                             f"{LOCK_TIMEOUT_S:.0f} s (remove {lock.lock_file} if no writer is running)") from e
 
 
+def target_of(path) -> Path:
+    """Where writing ``path`` lands: a symlink's target (followed to the end), else the path itself."""
+    return Path(os.path.realpath(path))
+
+
 @contextlib.contextmanager
 def locked(path):
-    """Hold the cross-process write lock of ``path``'s directory (not re-entrant: take it once)."""
-    path = Path(path)
+    """Hold the cross-process write lock of ``path``'s directory (not re-entrant: take it once); yields the
+    path to write, a symlink's target."""
+    path = target_of(path)
     with _directory_locked(path.parent):
         yield path
 
@@ -128,7 +135,7 @@ def replace_together(outputs: Mapping) -> None:
     """Write several files as one change: ``outputs`` maps each path to a DataFrame (written as CSV)
     or to ``write(tmp_path)``. Every file is written to its temporary first, under all their locks;
     only when all are written are they renamed into place, so a failure writes none of them."""
-    outputs = {Path(p): content for p, content in outputs.items()}
+    outputs = {target_of(p): content for p, content in outputs.items()}
     paths = sorted(outputs)
     with contextlib.ExitStack() as stack:
         for directory in sorted({path.parent for path in paths}):
