@@ -42,7 +42,8 @@ _NARROWED_KEY = pytest.StashKey[bool]()  # pytest-benchmark's table narrowed to 
 def pytest_configure(config):
     options = BenchOptions(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_id = f"{socket.gethostname()}-{stamp}"
+    # a matrix job's units share their job's run (bench.matrix): its models and yardsticks are read side by side
+    run_id = os.environ.get("DINAT_TIMM_RUN_ID") or f"{socket.gethostname()}-{stamp}"
     options.run_results_dir = str(RESULTS / "runs" / run_id)
     config.stash[_SESSION_KEY] = BenchSession(options, run_id)
     if getattr(config.option, "help", False):

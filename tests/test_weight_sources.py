@@ -8,7 +8,6 @@ for a file or repo it does not have); the client is the real huggingface_hub. No
 import argparse
 import hashlib
 import http.server
-import json
 import logging
 import os
 import subprocess
@@ -26,7 +25,7 @@ import torch
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable, UnsafeCheckpoint
 
-from _helpers import FIXTURES, fixture, put_in_hf_cache, serialized
+from _helpers import fixture, put_in_hf_cache, serialized
 
 HF = fixture("hf_dinat_small.pt")
 REPO = "shi-labs/dinat-mini-in1k-224"  # dinat_mini.in1k's Hub repo (transformers layout)

@@ -63,8 +63,10 @@ def set_tf32(enabled: bool) -> None:
 
 
 def environment(device: str = "cpu") -> dict:
-    """Columns describing the machine, the software stack and the precision settings, for every row."""
-    return {**_static_environment(device), **precision_settings()}
+    """Columns describing the machine, the software stack and the precision settings, for every row; and the
+    name of the matrix environment the row was measured in, where a matrix job ran it (``bench.matrix``)."""
+    named = os.environ.get("DINAT_TIMM_ENVIRONMENT")
+    return {**_static_environment(device), **precision_settings(), **({"environment": named} if named else {})}
 
 
 @lru_cache(maxsize=None)

@@ -41,7 +41,6 @@ def check_export(directory) -> str:
     """Check an exported directory the way a user loads it: its config names a registered architecture, its
     weights file is whole, and the weights load into that architecture (timm's ``local-dir:``). Returns the
     architecture; every failure is a ``HubError`` naming the file and the problem."""
-    from ..models._checkpoint import CheckpointMismatchError
     from ..models._weights import CorruptCheckpoint, check_checkpoint_file
 
     directory = Path(directory)

@@ -101,6 +101,38 @@ def speed_section(board: pd.DataFrame) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _machine(row) -> str:
+    """A column of the matrix: the device, and the environment the row was measured in (its NATTEN version where
+    no matrix environment is named)."""
+    named = row.get("environment")
+    where = named if isinstance(named, str) and named else f"NATTEN {row.get('natten')}"
+    return f"{row.get('device')} · {where}"
+
+
+def matrix_section(board: pd.DataFrame) -> str:
+    """Where rows of several machines or environments (``bench.matrix``) sit side by side: one line per model,
+    dtype and mode, a column per machine and environment (images/s)."""
+    if board.empty:
+        return ""
+    board = board[board["status"].fillna("ok") == "ok"] if "status" in board else board
+    lines = []
+    for row in board.to_dict("records"):
+        for mode in ("infer", "train"):
+            value = row.get(f"{mode}_samples_per_sec")
+            if value is not None and pd.notna(value):
+                lines.append(dict(model=row["model"], dtype=row.get("dtype"), mode=mode, where=_machine(row),
+                                  value=value))
+    table = pd.DataFrame(lines)
+    if table.empty or table["where"].nunique() < 2:
+        return ""
+    wide = table.pivot_table(index=["model", "dtype", "mode"], columns="where", values="value", aggfunc="last")
+    header = ["model", "dtype", "mode"] + [str(c) for c in wide.columns]
+    rows = [[str(m), str(d), "inference" if mode == "infer" else "training"] + [_speed(v) for v in values]
+            for (m, d, mode), values in zip(wide.index, wide.to_numpy())]
+    return ("## Across machines and environments\n\nImages/s of each model on every machine and environment measured "
+            "(a matrix run: `python -m dinat_timm.bench.matrix`, docs/cluster.md).\n\n" + _table(header, rows) + "\n")
+
+
 def accuracy_section(board: pd.DataFrame) -> str:
     parts = ["## Accuracy: ImageNet and timm's evaluation sets"]
     if board.empty:
@@ -196,7 +228,8 @@ def op_section(board: pd.DataFrame) -> str:
 
 def render(speed_board: pd.DataFrame, accuracy_board: pd.DataFrame, scaling_board: pd.DataFrame,
            op_board: pd.DataFrame = None) -> str:
-    sections = [_HEADER.format(reference=REFERENCE), speed_section(speed_board), accuracy_section(accuracy_board)]
+    sections = [_HEADER.format(reference=REFERENCE), speed_section(speed_board), matrix_section(speed_board),
+                accuracy_section(accuracy_board)]
     sections.append(scaling_section(scaling_board))
     sections.append(op_section(op_board if op_board is not None else pd.DataFrame()))
     return "\n".join(s for s in sections if s)

@@ -89,6 +89,8 @@ COLUMNS: Tuple[Column, ...] = (
     _c("device", "text", "", ALL, MACHINE, key=True, lead=True),
     _c("natten", "text", "", ALL, MACHINE, "NATTEN's version, or none", key=True, lead=True),
     _c("torch", "text", "", ALL, MACHINE, key=True, lead=True),
+    _c("environment", "text", "", ALL, MACHINE, "the matrix environment (bench.matrix) the row was measured in",
+       key=True),
     # -- what was measured, by suite ------------------------------------------------------------------------------
     _c("pretrained", "bool01", "", ("throughput", "memory", "memory_breakdown", "accuracy"), CONFIG, key=True),
     _c("mode", "text", "", ("memory", "memory_breakdown", "op", "scaling"), CONFIG,
