@@ -82,7 +82,7 @@ def pytest_collection_modifyitems(session, config, items):
     """Drop the operator suite's combinations the options do not ask for, and those the device cannot
     run (counted, with the reason, in the end-of-run summary), so the progress count and the time
     estimate are about what will run."""
-    from dinat_timm.bench.steps import DTYPES
+    from dinat_timm.bench.steps import DTYPES, unsupported_dtype
     from dinat_timm.ops.chooser import why_not
 
     bench = session_of(config)
@@ -106,10 +106,10 @@ def pytest_collection_modifyitems(session, config, items):
         if backend not in backends or dtype not in dtypes:
             drop.append(item)
             continue
-        why = None
         stage, size, heads, dilation = params["shape"]
-        if dtype == "fp16" and not device.startswith("cuda"):
-            why = "fp16 is a GPU configuration"
+        why = unsupported_dtype(device, dtype)
+        if why:
+            pass
         elif backend == "window" and size != 7 * dilation:
             why = "window layout serves only maps whose dilation sub-grids are 7x7 (56² d8, 28² d4, 14² d2, 7²)"
         elif backend not in ("windowed_sdpa", "window"):

@@ -6,7 +6,7 @@
 import pytest
 
 from dinat_timm.bench.memory import peak_memory
-from dinat_timm.bench.steps import cannot_run_at, config_columns, model_input_size
+from dinat_timm.bench.steps import cannot_run_at, config_columns, model_input_size, unsupported_dtype
 
 CSV = "memory.csv"
 BREAKDOWN_CSV = "memory_breakdown.csv"
@@ -17,7 +17,7 @@ def test_peak_memory(benchmark, leaderboard, bench_config, bench_options, mode):
     cfg = bench_config
     if cfg.compile:
         pytest.skip("memory is measured eagerly, not compiled")
-    why = cannot_run_at(cfg)  # a reference model at a --img-size it cannot take: skipped, the reason said
+    why = unsupported_dtype(cfg.device, cfg.dtype) or cannot_run_at(cfg)  # said in the summary, not timed
     if why:
         pytest.skip(why)
     columns = dict(suite="memory", **config_columns(cfg), mode=mode, batch=cfg.batch_size,

@@ -6,8 +6,17 @@ that speed can be read — and compared in CI — as a ratio to them on the same
 import pytest
 
 from dinat_timm.bench.session import measure
-from dinat_timm.bench.steps import (build_model, cannot_run_at, config_columns, count_gmacs, inference_step,
-                                    param_count, resolve_img_size, train_step)
+from dinat_timm.bench.steps import (
+    build_model,
+    cannot_run_at,
+    config_columns,
+    count_gmacs,
+    inference_step,
+    param_count,
+    resolve_img_size,
+    train_step,
+    unsupported_dtype,
+)
 
 CSV = "throughput.csv"
 _GMACS = {}
@@ -16,7 +25,7 @@ _GMACS = {}
 @pytest.mark.parametrize("mode", ["infer", "train"])
 def test_throughput(benchmark, leaderboard, bench_options, bench_config, mode):
     cfg = bench_config
-    why = cannot_run_at(cfg)  # a reference model at a --img-size it cannot take: skipped, the reason said
+    why = unsupported_dtype(cfg.device, cfg.dtype) or cannot_run_at(cfg)  # said in the summary, not timed
     if why:
         pytest.skip(why)
     model = build_model(cfg)

@@ -103,7 +103,7 @@ def test_the_layout_is_chosen_per_model_and_in_the_benchmarks():
     assert {m.layout for m in model.modules() if hasattr(m, "layout")} == {"window"}
     model.set_attn_layout("neighborhood")
     assert {m.layout for m in model.modules() if hasattr(m, "layout")} == {"neighborhood"}
-    with pytest.raises(ValueError, match=r"attn_layout must be one of \['neighborhood', 'window'\], got 'windows'"):
+    with pytest.raises(ValueError, match=r"attn_layout must be one of \['auto', 'neighborhood', 'window'\], got 'windows'"):
         timm.create_model("dinat_mini", attn_layout="windows")
     cfg = StepConfig("dinat_mini", batch_size=1, backend="window:tiled")
     built = build_model(cfg)
@@ -113,3 +113,27 @@ def test_the_layout_is_chosen_per_model_and_in_the_benchmarks():
     from dinat_timm.ops.chooser import preference
 
     assert "window" not in preference("cuda") + preference("cpu") + preference("cuda", compiling=True)
+
+
+def test_the_default_layout_runs_windows_on_cpu_unless_a_backend_is_pinned():
+    """``attn_layout="auto"`` (the default): window-shaped layers as windows on CPU with the backend left to the
+    chooser (measured faster there, docs/operator.md); the neighborhood path with a pinned backend, so that every
+    layer runs on it. The logits are the neighborhood layout's (float64)."""
+    from dinat_timm.bench.steps import StepConfig, config_columns
+    from dinat_timm.models._blocks import NeighborhoodAttention2d
+
+    torch.manual_seed(0)
+    model = timm.create_model("dinat_mini", dtype=torch.float64).eval()
+    attns = [m for m in model.modules() if isinstance(m, NeighborhoodAttention2d)]
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    assert {m.layout for m in attns} == {"auto"} and all(m._windows(x) for m in attns)
+    with torch.no_grad():
+        auto = model(x)
+        model.set_attn_layout("neighborhood")
+        torch.testing.assert_close(auto, model(x), atol=1e-12, rtol=0)
+    model.set_attn_layout("auto")
+    model.set_attn_backend("tiled")
+    assert not any(m._windows(x) for m in attns)
+    assert config_columns(StepConfig("dinat_mini"))["backend"] == "window:auto:tiled"
+    assert config_columns(StepConfig("dinat_mini", backend="neighborhood:auto"))["backend"] == "auto:tiled"
+    assert config_columns(StepConfig("dinat_mini", backend="tiled"))["backend"] == "tiled"

@@ -30,7 +30,8 @@ OPTIONS = {
     "channels-last": ("0", "comma list of yes/no (1/0, true/false, yes/no, on/off): channels-last memory format"),
     "compile": ("0", "comma list of yes/no (1/0, true/false, yes/no, on/off): torch.compile the model"),
     "backends": ("auto", "comma list of attention backends for the models (auto, triton, tiled, natten, natten_legacy, "
-                         "flex; window:NAME runs DiNAT's k×k-sub-grid layers as window attention, the rest on NAME)"),
+                         "flex; window:NAME runs DiNAT's k×k-sub-grid layers as window attention, the rest on NAME; "
+                         "neighborhood:NAME every layer on NAME; auto: windows on CPU)"),
     "op-backends": ("triton,tiled,natten_legacy", "backends timed by the operator suite, where they can run on the device "
                                                   "(full: also window, gather, natten, flex)"),
     "op-dtypes": ("fp32", "comma list of fp32, bf16, fp16: q/k/v dtype of the operator suite (the rpb stays fp32, as under autocast)"),
@@ -234,10 +235,10 @@ class BenchOptions:
             raise OptionError("--models names no model")
         known = set(BACKENDS) | {"auto"}
         for word in self.list("backends"):
-            spec = word.split(":", 1)[1] if word.startswith("window:") else word
+            spec = word.split(":", 1)[1] if word.startswith(("window:", "neighborhood:")) else word
             if spec not in known:
                 raise OptionError(f"--backends: {word!r} is not a backend; valid: {', '.join(sorted(known))} "
-                                  "(window:NAME for the window layout)")
+                                  "(window:NAME or neighborhood:NAME for a layout)")
         for word in self.list("op-backends"):
             if word not in BACKENDS:
                 raise OptionError(f"--op-backends: {word!r} is not a backend; valid: {', '.join(sorted(BACKENDS))}")

@@ -19,7 +19,7 @@ class StepConfig:
     dtype: str = "fp32"  # fp16/bf16 run under autocast (AMP); parameters stay fp32
     channels_last: bool = False
     compile: bool = False
-    backend: str = "auto"  # attention backend for dinat_timm models; "window:NAME": window layout, the rest on NAME
+    backend: str = "auto"  # attention backend for dinat_timm models; "window:NAME" / "neighborhood:NAME": that layout
     device: str = "cpu"
     pretrained: bool = False
 
@@ -34,6 +34,19 @@ def model_input_size(name: str) -> int:
 
     cfg = get_pretrained_cfg(name)  # an architecture's name gives its default tag's cfg
     return (cfg.input_size if cfg is not None else (3, 224, 224))[-1]
+
+
+def unsupported_dtype(device: str, dtype: str) -> Optional[str]:
+    """Why ``dtype`` is not timed on ``device`` (None: it is): bf16 on a CPU without bf16 arithmetic
+    (AVX512-BF16 or AMX, as oneDNN reports it) would time an emulation, not the CPU's bf16; fp16 is a GPU's."""
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype == "fp16":
+        return "fp16 is a GPU configuration"
+    if kind == "cpu" and dtype == "bf16":
+        supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        if supported is None or not supported():
+            return "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX): bf16 would be emulated, so it is not timed"
+    return None
 
 
 def autocast(device: str, dtype: str):
@@ -51,7 +64,7 @@ def build_model(cfg: StepConfig, **kwargs) -> torch.nn.Module:
         layout, backend = attn_layout_and_backend(cfg.backend)
         if backend != "auto":
             extra["attn_backend"] = backend
-        if layout != "neighborhood":
+        if layout != "auto":
             extra["attn_layout"] = layout
     elif cfg.img_size:
         extra["img_size"] = cfg.img_size  # a reference model with a fixed token grid (Swin, ViT) is built for it
@@ -84,9 +97,12 @@ def cannot_run_at(cfg: StepConfig, model: Optional[torch.nn.Module] = None) -> O
 
 
 def attn_layout_and_backend(spec: str):
-    """'window:triton' -> ('window', 'triton'); 'tiled' -> ('neighborhood', 'tiled')."""
-    layout, _, backend = spec.rpartition(":") if spec.startswith("window:") else ("neighborhood", "", spec)
-    return layout, backend
+    """'window:triton' -> ('window', 'triton'); 'neighborhood:auto' -> ('neighborhood', 'auto'); 'tiled' ->
+    ('auto', 'tiled'): the model's own layout (window-shaped layers as windows on CPU when the backend is auto)."""
+    for layout in ("window", "neighborhood"):
+        if spec.startswith(layout + ":"):
+            return layout, spec.split(":", 1)[1]
+    return "auto", spec
 
 
 def is_dinat_model(name: str) -> bool:
@@ -171,6 +187,8 @@ def config_columns(cfg: StepConfig) -> dict:
     if is_dinat_model(cfg.model):
         chosen = cfg.backend
         layout, op_backend = attn_layout_and_backend(cfg.backend)
+        if layout == "auto":  # the model's rule (NeighborhoodAttention2d): windows on CPU when the backend is auto
+            layout = "window" if op_backend == "auto" and torch.device(cfg.device).type == "cpu" else ""
         layout = "" if layout == "neighborhood" else layout
         if op_backend == "auto":
             from ..ops import choose_backend

@@ -52,8 +52,8 @@ class ClassifierModelMixin:
 
     def set_attn_layout(self, layout: str) -> None:
         """"window": run every layer whose dilation sub-grids are exactly k×k as window attention (the
-        same numbers, see ``NeighborhoodAttention2d``); "neighborhood" (the default): every layer on
-        its backend."""
+        same numbers, see ``NeighborhoodAttention2d``); "neighborhood": every layer on its backend; "auto"
+        (the default): the window layout on CPU when the backend is left to the chooser."""
         check_attn_layout(layout)
         for module in self.modules():
             if isinstance(module, NeighborhoodAttention2d):

@@ -30,7 +30,7 @@ def channels_last_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-ATTN_LAYOUTS = ("neighborhood", "window")
+ATTN_LAYOUTS = ("auto", "neighborhood", "window")
 
 
 def check_attn_layout(layout: str) -> None:
@@ -49,7 +49,10 @@ class NeighborhoodAttention2d(nn.Module):
     ``layout="window"``: where every dilation sub-grid is exactly ``k×k`` (a ``k·d`` map, padded or
     not), the input is permuted into windows once before ``qkv`` and back after ``proj``, and
     attention is one window SDPA with the shared bias (``ops.backends.window``); other maps keep the
-    neighborhood path on ``backend``. The numbers are the same either way.
+    neighborhood path on ``backend``. The numbers are the same either way. ``layout="auto"`` (the
+    default) is the window layout where it was measured faster, on CPU with the backend left to the
+    chooser, and the neighborhood layout elsewhere (on a GPU, unmeasured; with a backend pinned, so that
+    every layer runs on it).
     """
 
     def __init__(
@@ -64,7 +67,7 @@ class NeighborhoodAttention2d(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         backend: str = "auto",
-        layout: str = "neighborhood",
+        layout: str = "auto",
         device=None,
         dtype=None,
     ):
@@ -103,7 +106,7 @@ class NeighborhoodAttention2d(nn.Module):
         if pad_bottom or pad_right:
             x = F.pad(x, (0, 0, 0, pad_right, 0, pad_bottom))
         padded_h, padded_w = x.shape[1], x.shape[2]
-        if self.layout == "window" and windows.is_window_shaped(int(padded_h), int(padded_w), self.kernel_size, self.dilation):
+        if self._windows(x) and windows.is_window_shaped(int(padded_h), int(padded_w), self.kernel_size, self.dilation):
             x = self._attend_windows(x)  # projected in window order, before the permutation back
             if pad_bottom or pad_right:
                 x = x[:, :height, :width]
@@ -113,6 +116,12 @@ class NeighborhoodAttention2d(nn.Module):
                 x = x[:, :height, :width]
             x = self.proj(x)
         return self.proj_drop(x)
+
+    def _windows(self, x: torch.Tensor) -> bool:
+        """Whether window-shaped layers run as window attention here (``layout``: see the class)."""
+        if self.layout == "auto":
+            return self.backend == "auto" and x.device.type == "cpu"
+        return self.layout == "window"
 
     def _attend_neighborhoods(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
@@ -181,7 +190,7 @@ class NATBlock(nn.Module):
 
 
 def neighborhood_attention_layer(*, kernel_size: int, dilation: int, attn_drop: float = 0.0, backend: str = "auto",
-                                 layout: str = "neighborhood") -> Callable[..., nn.Module]:
+                                 layout: str = "auto") -> Callable[..., nn.Module]:
     """``NeighborhoodAttention2d`` with one block's own arguments bound, as ``NATBlock`` takes it."""
     return partial(NeighborhoodAttention2d, kernel_size=kernel_size, dilation=dilation, attn_drop=attn_drop,
                    backend=backend, layout=layout)

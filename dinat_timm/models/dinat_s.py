@@ -50,7 +50,7 @@ class DiNAT_s(HierarchicalNAT):
         patch_norm: bool = True,
         act_layer=nn.GELU,
         attn_backend: str = "auto",
-        attn_layout: str = "neighborhood",
+        attn_layout: str = "auto",
         device=None,
         dtype=None,
     ):

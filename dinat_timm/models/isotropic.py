@@ -108,7 +108,7 @@ class NATIsotropic(ClassifierModelMixin, nn.Module):
         patch_norm: bool = True,
         act_layer=nn.GELU,
         attn_backend: str = "auto",
-        attn_layout: str = "neighborhood",
+        attn_layout: str = "auto",
         device=None,
         dtype=None,
     ):

@@ -2,10 +2,15 @@
 
 Only exact backends are candidates, in order of measured speed for the device:
 
-- CPU: ``tiled``. On 2 threads it ran DiNAT-tiny's stage shapes in 1.2–2.9× (forward) and
-  1.2–3.5× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens
-  (lower is faster), where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the NATTEN >= 0.20
-  / flex paths are unfused and forward-only on CPU (`results/leaderboard_op_speed.csv`).
+- CPU: ``tiled``. On 2 threads it ran DiNAT-tiny's stage shapes in 1.28–2.49× (forward) and
+  1.48–3.53× (forward+backward) the time of Swin-style 7×7 window attention on the same tokens
+  (lower is faster; docs/operator.md), where NATTEN 0.15's CPU kernels took 9–13× and 15–31×, and the
+  NATTEN >= 0.20 / flex paths are unfused and forward-only on CPU. (The models run their window-shaped
+  layers as window attention on CPU, a layout choice of ``NeighborhoodAttention2d``, not of this chooser.)
+  ``torch.compile`` (inductor) does not make it faster there: dinat_tiny ran 22.2 images/s compiled against
+  23.8 eager (inference) and 5.42 against 5.94 (training step), after 51 s and 348 s of compiling, while
+  Swin-T gained 9% and 14%; the attention stays the same flash kernel and its halo copies, which inductor
+  does not fuse, so compiling buys only the pointwise ops. Eager is the CPU's way; compiling stays possible.
 - CUDA: ``triton`` (fused, with the bias and its gradient), then NATTEN's kernels where installed
   (``natten`` only without ``rpb``; not measured against ``triton`` here, so ``triton`` stays
   first), then ``tiled``. On an H200 in bf16 at batch 64 and DiNAT-tiny's stage shapes, ``triton``

@@ -257,7 +257,8 @@ class _StripHalos(torch.autograd.Function):
         else:
             rows_pad = (cut_h.pad, (cut_h.count - 1) * cut_h.step + cut_h.halo - cut_h.pad - sub_h)
         cols_pad = (cut_w.pad, (cut_w.count - 1) * cut_w.step + cut_w.halo - cut_w.pad - sub_w)
-        strips = F.pad(grids, (0, 0, *cols_pad, *rows_pad)).unfold(5, cut_w.halo, cut_w.step)
+        pads = (0, 0, *cols_pad, *rows_pad)
+        strips = (F.pad(grids, pads) if any(pads) else grids).unfold(5, cut_w.halo, cut_w.step)  # no copy for none
         strips = strips.permute(0, 1, 2, 3, 5, 4, 7, 6)  # [B, n, a, b, strip, rows, halo_w, D]
         if shared_rows:
             row_step, slack = cut_h.tile, cut_h.pad * cut_w.halo * dim

@@ -83,11 +83,14 @@ def neighborhood_attention(query, key, value, kernel_size, dilation, rpb, scale)
         raise ValueError(f"backend 'window' serves maps of exactly kernel_size*dilation = {kernel_size * dilation} a "
                          f"side (every sub-grid {kernel_size}x{kernel_size}); got {int(height)}x{int(width)}")
 
-    def windows(t):  # [B, heads, H, W, D] -> [B·d², heads, k², D]
-        t = t.permute(0, 2, 3, 1, 4).reshape(batch, height, width, heads * dim)
-        return partition(t, kernel_size, dilation).view(-1, kernel_size * kernel_size, heads, dim).transpose(1, 2)
+    k, d = kernel_size, dilation
 
-    out = attend(windows(query), windows(key), windows(value),
-                 window_bias(rpb, kernel_size, heads, query.dtype, query.device), scale)
-    out = out.transpose(1, 2).reshape(-1, kernel_size * kernel_size, heads * dim)
-    return reverse(out, kernel_size, dilation, batch).view(batch, height, width, heads, dim).permute(0, 3, 1, 2, 4)
+    def windows(t):  # [B, heads, H, W, D] -> [B·d², heads, k², D], one copy
+        t = t.reshape(batch, heads, k, d, k, d, dim).permute(0, 3, 5, 1, 2, 4, 6)
+        return t.reshape(batch * d * d, heads, k * k, dim)
+
+    out = attend(windows(query), windows(key), windows(value), window_bias(rpb, k, heads, query.dtype, query.device),
+                 scale)
+    # [B·d², heads, k², D] -> [B, heads, H, W, D], one copy
+    out = out.view(batch, d, d, heads, k, k, dim).permute(0, 3, 4, 1, 5, 2, 6)
+    return out.reshape(batch, heads, height, width, dim)
