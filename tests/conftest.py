@@ -11,6 +11,8 @@ import os
 # Tests never touch the network: every "pretrained" load goes through a local cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -111,3 +113,33 @@ def torch_hub_dir(tmp_path):
     torch.hub.set_dir(str(hub))
     yield hub
     torch.hub.set_dir(old)
+
+
+# -- the results tests' files (tests/test_results_*.py) -------------------------------------------------------
+
+
+@pytest.fixture
+def good(tmp_path):
+    """A sound throughput CSV: a DiNAT row and a Swin-T row (``_results_rows._speed_rows``)."""
+    from _results_rows import _speed_rows
+
+    from dinat_timm.results import append_rows
+
+    append_rows(tmp_path / "good.csv", _speed_rows())
+    return tmp_path / "good.csv"
+
+
+@pytest.fixture
+def bench_json(pytester):
+    """Real pytest-benchmark JSON from a real (sub-)session; ``make(scale)`` scales dinat's speed."""
+    from _results_rows import BENCH_FILE
+
+    def make(scale: float, name: str) -> Path:
+        pytester.makepyfile(**{f"test_{name}": BENCH_FILE.replace("SCALE", str(scale))})
+        out = pytester.path / f"{name}.json"
+        result = pytester.runpytest(f"test_{name}.py", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider",
+                                   "-p", "no:xdist")  # in this process, which may be an xdist worker
+        result.assert_outcomes(passed=2)
+        return out
+
+    return make

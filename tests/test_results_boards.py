@@ -5,22 +5,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _helpers import results_cli
+from _results_rows import _one_line, _rows, _speed_row, _speed_rows, _speed_rows2
 
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.results import append_rows, read_csv
 from dinat_timm.results.boards import build_boards
 from dinat_timm.results.scaling import growth_exponent, scaling_board
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    return lines[0]
-
-
-def _speed_row(speed, **extra):
-    return dict(suite="throughput", status="ok", model="dinat_mini", dtype="fp32", device="cpu (x)", backend="tiled",
-                infer_batch_size=8, infer_img_size=224, infer_samples_per_sec=speed, **extra)
 
 
 def test_merge_refuses_several_suites_and_writes_nothing(tmp_path):
@@ -35,18 +25,6 @@ def test_boards_on_a_folder_without_rows_writes_nothing(tmp_path):
     result = results_cli("boards", "--results-dir", tmp_path)
     assert result.returncode == 2 and "holds no results rows" in _one_line(result.stderr)
     assert list(tmp_path.iterdir()) == []
-
-
-def _speed_rows(dinat=10.0, swin=12.0, model="dinat_tiny"):
-    common = dict(suite="throughput", status="ok", infer_batch_size=8, infer_img_size=224, dtype="fp32", device="cpu (x)")
-    return [dict(common, model=model, backend="auto:tiled", infer_samples_per_sec=dinat),
-            dict(common, model="swin_tiny_patch4_window7_224", backend="timm", infer_samples_per_sec=swin)]
-
-
-@pytest.fixture
-def good(tmp_path):
-    append_rows(tmp_path / "good.csv", _speed_rows())
-    return tmp_path / "good.csv"
 
 
 def test_merge_refuses_a_truncated_file_and_keeps_a_header_only_files_columns(tmp_path, good):
@@ -166,12 +144,6 @@ def test_growth_exponents_are_the_slopes_of_the_log_log_fit():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _speed_rows2(device, dinat, swin):
-    common = dict(suite="throughput", infer_batch_size=8, infer_img_size=224, dtype="fp32", compile=0, status="ok")
-    return [dict(common, model="dinat_tiny", backend="auto:tiled", device=device, infer_samples_per_sec=dinat),
-            dict(common, model="swin_tiny_patch4_window7_224", backend="timm", device=device, infer_samples_per_sec=swin)]
-
-
 def test_speed_board_ranks_within_each_device_and_leaves_flagged_rows_out(tmp_path):
     rows = _speed_rows2("cpu (x)", 10, 12) + _speed_rows2("NVIDIA H200", 4000, 5000)
     rows.append(dict(rows[2], model="nat_tiny", infer_samples_per_sec=9000, flag="noisy: load 3.0"))
@@ -193,14 +165,6 @@ def test_committed_results_hold_cpu_and_h200_rows_with_their_settings():
     raw = read_csv(ROOT / "results" / "throughput.csv")
     ours = raw[(raw["device"] == "NVIDIA H200") & raw["git_commit"].isin(["2f49a98", "1b99095"])]
     assert len(ours) and ours["tf32_cudnn"].notna().all() and ours["dinat_timm_version"].notna().all()
-
-
-def _rows(dinat_infer=10.0, dinat_train=3.0, device="cpu (x)"):
-    common = dict(suite="throughput", dtype="fp32", compile=0, channels_last=0, device=device, status="ok")
-    return [dict(common, model="dinat_tiny", backend="auto:tiled", infer_batch_size=8, infer_img_size=224,
-                 infer_samples_per_sec=dinat_infer),
-            dict(common, model="dinat_tiny", backend="auto:tiled", train_batch_size=8, train_img_size=224,
-                 train_samples_per_sec=dinat_train)]
 
 
 def test_plot_is_named_by_what_it_shows_and_lists_every_point(tmp_path):

@@ -6,25 +6,10 @@ from pathlib import Path
 
 import pytest
 from _helpers import results_cli
+from _results_rows import _errors, _one_error_line, _rows
 
 import dinat_timm  # noqa: F401
 from dinat_timm.results import append_rows, read_csv
-
-
-def _speed_rows(dinat=10.0, swin=12.0, model="dinat_tiny"):
-    common = dict(suite="throughput", status="ok", infer_batch_size=8, infer_img_size=224, dtype="fp32", device="cpu (x)")
-    return [dict(common, model=model, backend="auto:tiled", infer_samples_per_sec=dinat),
-            dict(common, model="swin_tiny_patch4_window7_224", backend="timm", infer_samples_per_sec=swin)]
-
-
-@pytest.fixture
-def good(tmp_path):
-    append_rows(tmp_path / "good.csv", _speed_rows())
-    return tmp_path / "good.csv"
-
-
-def _errors(result):
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
 
 
 @pytest.mark.parametrize("option,value,problem", [
@@ -45,34 +30,7 @@ def test_compare_refuses_bad_options(good, option, value, problem):
     assert result.returncode == 2 and any(problem in line for line in _errors(result)), result.stderr
 
 
-BENCH_FILE = """
-import time
-import pytest
-
-@pytest.mark.parametrize("model,speed", [("dinat_mini", 1.0), ("swin_tiny_patch4_window7_224", 2.0)])
-def test_speed(benchmark, model, speed):
-    benchmark.pedantic(lambda: time.sleep(0.001), rounds=3, iterations=1)
-    benchmark.extra_info.update(suite="throughput", model=model, infer_batch_size=8, infer_img_size=224,
-                                infer_samples_per_sec=speed * SCALE, dtype="fp32", backend="auto:tiled")
-"""
-
-
 run_results_cli = results_cli
-
-
-@pytest.fixture
-def bench_json(pytester):
-    """Real pytest-benchmark JSON from a real (sub-)session; ``make(scale)`` scales dinat's speed."""
-
-    def make(scale: float, name: str) -> Path:
-        pytester.makepyfile(**{f"test_{name}": BENCH_FILE.replace("SCALE", str(scale))})
-        out = pytester.path / f"{name}.json"
-        result = pytester.runpytest(f"test_{name}.py", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider",
-                                   "-p", "no:xdist")  # in this process, which may be an xdist worker
-        result.assert_outcomes(passed=2)
-        return out
-
-    return make
 
 
 def test_cli_write_merge_compare(bench_json, tmp_path):
@@ -109,19 +67,6 @@ def cli(*args):
 def real_cli(*args):
     return subprocess.run([sys.executable, "-m", "dinat_timm.results", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
-
-
-def _rows(dinat_infer=10.0, dinat_train=3.0, device="cpu (x)"):
-    common = dict(suite="throughput", dtype="fp32", compile=0, channels_last=0, device=device, status="ok")
-    return [dict(common, model="dinat_tiny", backend="auto:tiled", infer_batch_size=8, infer_img_size=224,
-                 infer_samples_per_sec=dinat_infer),
-            dict(common, model="dinat_tiny", backend="auto:tiled", train_batch_size=8, train_img_size=224,
-                 train_samples_per_sec=dinat_train)]
-
-
-def _one_error_line(result):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    return result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
 
 
 def test_misuse_ends_in_one_line_and_exit_2(tmp_path):

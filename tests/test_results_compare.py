@@ -9,21 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from _helpers import results_cli
+from _results_rows import _errors, _one_error_line, _one_line, _rows, _speed_row, _speed_rows, _speed_rows2
 
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.results import append_rows, read_csv
 from dinat_timm.results.compare import DeviceMismatch, compare
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    return lines[0]
-
-
-def _speed_row(speed, **extra):
-    return dict(suite="throughput", status="ok", model="dinat_mini", dtype="fp32", device="cpu (x)", backend="tiled",
-                infer_batch_size=8, infer_img_size=224, infer_samples_per_sec=speed, **extra)
 
 
 @pytest.mark.parametrize("speed", [0.0, -3.0, 1e308])
@@ -42,22 +32,6 @@ def test_compare_refuses_a_file_compared_with_itself_or_a_link_to_it(tmp_path):
     for other in (path, tmp_path / "link.csv"):
         result = results_cli("compare", path, other)
         assert result.returncode == 2 and "are the same file" in _one_line(result.stderr)
-
-
-def _speed_rows(dinat=10.0, swin=12.0, model="dinat_tiny"):
-    common = dict(suite="throughput", status="ok", infer_batch_size=8, infer_img_size=224, dtype="fp32", device="cpu (x)")
-    return [dict(common, model=model, backend="auto:tiled", infer_samples_per_sec=dinat),
-            dict(common, model="swin_tiny_patch4_window7_224", backend="timm", infer_samples_per_sec=swin)]
-
-
-@pytest.fixture
-def good(tmp_path):
-    append_rows(tmp_path / "good.csv", _speed_rows())
-    return tmp_path / "good.csv"
-
-
-def _errors(result):
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
 
 
 def test_compare_reports_every_problem_at_once(tmp_path, good):
@@ -211,12 +185,6 @@ def test_a_real_suite_row_keeps_its_rounds_and_two_runs_compare_by_them(tmp_path
     assert result.returncode == report["exit_code"] == (1 if report["regressions"] else 2 if report["inconclusive"] else 0)
 
 
-def _speed_rows2(device, dinat, swin):
-    common = dict(suite="throughput", infer_batch_size=8, infer_img_size=224, dtype="fp32", compile=0, status="ok")
-    return [dict(common, model="dinat_tiny", backend="auto:tiled", device=device, infer_samples_per_sec=dinat),
-            dict(common, model="swin_tiny_patch4_window7_224", backend="timm", device=device, infer_samples_per_sec=swin)]
-
-
 def test_compare_refuses_rows_of_different_devices(tmp_path):
     cpu, gpu = pd.DataFrame(_speed_rows2("cpu (x)", 10, 12)), pd.DataFrame(_speed_rows2("NVIDIA H200", 4000, 5000))
     with pytest.raises(DeviceMismatch, match=r"\['cpu \(x\)'\].*\['NVIDIA H200'\].*--allow-device-mismatch"):
@@ -240,19 +208,6 @@ def test_compare_keeps_each_devices_rows_of_a_mixed_file():
 
 def cli(*args):
     return results_cli(*args)
-
-
-def _rows(dinat_infer=10.0, dinat_train=3.0, device="cpu (x)"):
-    common = dict(suite="throughput", dtype="fp32", compile=0, channels_last=0, device=device, status="ok")
-    return [dict(common, model="dinat_tiny", backend="auto:tiled", infer_batch_size=8, infer_img_size=224,
-                 infer_samples_per_sec=dinat_infer),
-            dict(common, model="dinat_tiny", backend="auto:tiled", train_batch_size=8, train_img_size=224,
-                 train_samples_per_sec=dinat_train)]
-
-
-def _one_error_line(result):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    return result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
 
 
 def test_compare_rows_say_infer_or_train_and_can_show_regressions_only(tmp_path):

@@ -2,14 +2,10 @@
 named with its problem; a byte-order mark is read as the header says."""
 import pytest
 from _helpers import results_cli
+from _results_rows import _errors, _speed_row
 
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.results import append_rows
-
-
-def _speed_row(speed, **extra):
-    return dict(suite="throughput", status="ok", model="dinat_mini", dtype="fp32", device="cpu (x)", backend="tiled",
-                infer_batch_size=8, infer_img_size=224, infer_samples_per_sec=speed, **extra)
 
 
 def test_a_csv_with_a_byte_order_mark_reads_as_its_header_says(tmp_path):
@@ -20,22 +16,6 @@ def test_a_csv_with_a_byte_order_mark_reads_as_its_header_says(tmp_path):
     append_rows(other, [_speed_row(10.2)])
     result = results_cli("compare", path, other)
     assert result.returncode == 0 and "verdict: PASS" in result.stdout
-
-
-def _speed_rows(dinat=10.0, swin=12.0, model="dinat_tiny"):
-    common = dict(suite="throughput", status="ok", infer_batch_size=8, infer_img_size=224, dtype="fp32", device="cpu (x)")
-    return [dict(common, model=model, backend="auto:tiled", infer_samples_per_sec=dinat),
-            dict(common, model="swin_tiny_patch4_window7_224", backend="timm", infer_samples_per_sec=swin)]
-
-
-@pytest.fixture
-def good(tmp_path):
-    append_rows(tmp_path / "good.csv", _speed_rows())
-    return tmp_path / "good.csv"
-
-
-def _errors(result):
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
 
 
 @pytest.mark.parametrize("content,problem", [

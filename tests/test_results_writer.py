@@ -4,26 +4,15 @@ import json
 import multiprocessing
 import os
 import stat
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from _helpers import results_cli
+from _results_rows import _one_line, _speed_row
 
 import dinat_timm  # noqa: F401  (registers the models)
 from dinat_timm.results import append_rows, read_csv, rows_from_benchmark_json
 from dinat_timm.results.writer import CsvWriteError
-
-
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    return lines[0]
-
-
-def _speed_row(speed, **extra):
-    return dict(suite="throughput", status="ok", model="dinat_mini", dtype="fp32", device="cpu (x)", backend="tiled",
-                infer_batch_size=8, infer_img_size=224, infer_samples_per_sec=speed, **extra)
 
 
 def _benchmark_json(path, extra):
@@ -102,33 +91,6 @@ def test_the_file_keeps_its_mode_and_a_read_only_file_is_refused_not_replaced(tm
     assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o444
     with pytest.raises(CsvWriteError, match="is a directory"):
         append_rows(tmp_path, [dict(suite="throughput", model="d")])
-
-
-BENCH_FILE = """
-import time
-import pytest
-
-@pytest.mark.parametrize("model,speed", [("dinat_mini", 1.0), ("swin_tiny_patch4_window7_224", 2.0)])
-def test_speed(benchmark, model, speed):
-    benchmark.pedantic(lambda: time.sleep(0.001), rounds=3, iterations=1)
-    benchmark.extra_info.update(suite="throughput", model=model, infer_batch_size=8, infer_img_size=224,
-                                infer_samples_per_sec=speed * SCALE, dtype="fp32", backend="auto:tiled")
-"""
-
-
-@pytest.fixture
-def bench_json(pytester):
-    """Real pytest-benchmark JSON from a real (sub-)session; ``make(scale)`` scales dinat's speed."""
-
-    def make(scale: float, name: str) -> Path:
-        pytester.makepyfile(**{f"test_{name}": BENCH_FILE.replace("SCALE", str(scale))})
-        out = pytester.path / f"{name}.json"
-        result = pytester.runpytest(f"test_{name}.py", "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider",
-                                   "-p", "no:xdist")  # in this process, which may be an xdist worker
-        result.assert_outcomes(passed=2)
-        return out
-
-    return make
 
 
 def test_writer_turns_benchmark_json_into_rows(bench_json, tmp_path):
