@@ -137,3 +137,31 @@ def test_the_default_layout_runs_windows_on_cpu_unless_a_backend_is_pinned():
     assert config_columns(StepConfig("dinat_mini"))["backend"] == "window:auto:tiled"
     assert config_columns(StepConfig("dinat_mini", backend="neighborhood:auto"))["backend"] == "auto:tiled"
     assert config_columns(StepConfig("dinat_mini", backend="tiled"))["backend"] == "tiled"
+
+
+def test_bf16_autocast_on_cpu_gives_the_fp32_logits_within_bf16s_precision():
+    """The CPU default (window-shaped layers as windows, the rest on ``tiled``) under bf16 autocast, as the suites
+    time it: the logits of fp32 within what bf16's 8 bits of mantissa allow."""
+    torch.manual_seed(0)
+    model = timm.create_model("dinat_mini", embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
+                              dilations=[[1], [1], [1, 2], [1]]).eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    scale = ref.abs().max()
+    assert (low.float() - ref).abs().max() <= 0.05 * scale, ((low.float() - ref).abs().max(), scale)
+
+
+def test_bf16_is_timed_only_where_the_cpu_has_bf16_arithmetic(monkeypatch):
+    """oneDNN says whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX); where it does not, the suites leave
+    the bf16 rows out with the reason instead of timing an emulation."""
+    from dinat_timm.bench.steps import unsupported_dtype
+
+    assert unsupported_dtype("cpu", "fp32") is None and unsupported_dtype("cpu", "fp16") == "fp16 is a GPU configuration"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert unsupported_dtype("cpu", "bf16").startswith("this CPU has no bf16 arithmetic")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert unsupported_dtype("cpu", "bf16") is None

@@ -143,7 +143,7 @@ class NeighborhoodAttention2d(nn.Module):
         bias = windows.window_bias(self.rpb, k, heads, q.dtype, q.device)
         with counted_as_the_operator(q.unflatten(2, (k, k)), k):  # FlopCounterMode: the operator's own count
             out = windows.attend(q, key, v, bias, self.scale)
-        out = out.transpose(1, 2).reshape(-1, k * k, channels)
+        out = channels_last_contiguous(out.transpose(1, 2)).view(-1, k * k, channels)  # (an explicit copy: export)
         return windows.reverse(self.proj(out), k, d, batch)
 
 
