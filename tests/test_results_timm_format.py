@@ -92,6 +92,32 @@ def test_a_results_file_without_its_last_line_break_gets_the_row_on_a_line_of_it
     assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["model", "a", "b"]
 
 
+def test_a_row_another_writer_adds_while_this_one_waits_for_the_lock_is_kept(tmp_path):
+    """Two evaluations writing one results file: the second waits for the first's lock, and then reads the
+    file as the first left it (its row included), not as it was before it waited."""
+    import subprocess
+    import sys
+    import time
+
+    from dinat_timm.results.timm_format import append_timm_row
+    from dinat_timm.results.writer import locked
+
+    path = tmp_path / "results.csv"
+    append_timm_row(path, _timm_row("a"))
+    script = ("import sys; from dinat_timm.results.timm_format import append_timm_row; print('imported', flush=True); "
+              "append_timm_row(sys.argv[1], dict(model='c', img_size=224, top1=1.0, top1_err=99.0, top5=2.0, "
+              "top5_err=98.0, param_count=1.0, crop_pct=0.875, interpolation='bicubic'))")
+    with locked(path):
+        other = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "imported"
+        time.sleep(1)  # it is in append_timm_row, waiting for the lock
+        assert other.poll() is None
+        with open(path, "a") as f:  # the first writer's row, written under the lock
+            f.write("b,224,2.0,98.0,3.0,97.0,1.0,0.875,bicubic\n")
+    assert other.wait(timeout=60) == 0
+    assert [line.split(",")[0] for line in path.read_text().splitlines()] == ["model", "a", "b", "c"]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_a_write_that_fails_leaves_every_earlier_result(tmp_path, monkeypatch, fmt):
     """A full disk while the file is written: the earlier evaluations are all still there, the file whole."""

@@ -123,6 +123,15 @@ def append_timm_row(path, row: Mapping, fmt: str = "csv") -> None:
     were, a last line without its line break is not glued to the new row, a symlink stays a link."""
     path = Path(path)
     record = {c: row[c] for c in BASE_COLUMNS}
+
+    def write(tmp):  # read under the file's lock: a row another writer added meanwhile is kept, not lost
+        Path(tmp).write_text(_with_row(path, record, fmt), encoding="utf-8")
+
+    replace_together({path: write})
+
+
+def _with_row(path: Path, record: Mapping, fmt: str) -> str:
+    """The results file's text with ``record`` added (ValueError where the file has another shape)."""
     old = path.read_text(encoding="utf-8") if path.exists() and path.stat().st_size else ""
     if fmt == "json":
         try:
@@ -131,17 +140,14 @@ def append_timm_row(path, row: Mapping, fmt: str = "csv") -> None:
             raise ValueError(f"{path} is not JSON ({e}): not written") from None
         if not isinstance(existing, list):
             raise ValueError(f"{path} holds no JSON list of results: not written")
-        text = json.dumps(existing + [record], indent=4) + "\n"
-    else:
-        new = render(pd.DataFrame([record]), diffs=False)
-        if old:
-            header = next(csv.reader(io.StringIO(old)), [])
-            if header != BASE_COLUMNS:
-                raise ValueError(f"{path} has the columns {header}, not timm's {BASE_COLUMNS}: not written")
-            text = old + ("" if old.endswith("\n") else "\n") + new.split("\n", 1)[1]
-        else:
-            text = new
-    replace_together({path: lambda tmp: Path(tmp).write_text(text, encoding="utf-8")})
+        return json.dumps(existing + [record], indent=4) + "\n"
+    new = render(pd.DataFrame([record]), diffs=False)
+    if not old:
+        return new
+    header = next(csv.reader(io.StringIO(old)), [])
+    if header != BASE_COLUMNS:
+        raise ValueError(f"{path} has the columns {header}, not timm's {BASE_COLUMNS}: not written")
+    return old + ("" if old.endswith("\n") else "\n") + new.split("\n", 1)[1]
 
 
 def check_targets(out_dir, names: List[str], overwrite: bool) -> Optional[str]:
