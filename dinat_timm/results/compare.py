@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .tables import flagged, flags, key_columns, latest
+from .tables import flags, key_columns, latest
 from .validate import load_checked
 
 
@@ -193,17 +193,18 @@ def speed_change(speed_ratio: float) -> str:
 def _set_aside_flagged(base: pd.DataFrame, new: pd.DataFrame):
     """Flagged rows (their own flags and those derived from other rows) are listed, not compared, and do
     not refuse the rest. Returns (base, new, reasons, result rows)."""
-    reasons, listed = [], []
+    reasons, listed, kept = [], [], []
     for name, df in (("BASE", base), ("NEW", new)):
         why = flags(df)
         rows = df[why != ""]
+        kept.append(df[why == ""])
         if len(rows):
             first = rows.iloc[0]
             reasons.append(f"{name} has {len(rows)} flagged row(s), not compared (e.g. {label_of(first)}: "
                            f"{why[rows.index[0]]}); re-measure on an idle machine, or pass --include-flagged")
             listed += [_result(label_of(r), "-", None, None, f"not compared: flagged in {name} ({why[i]})",
                                compared=False) for i, r in rows.iterrows()]
-    return base[~flagged(base)], new[~flagged(new)], reasons, listed
+    return kept[0], kept[1], reasons, listed
 
 
 def _result(label, metric, base, new, change, regression=False, compared=True, interval=None) -> dict:
