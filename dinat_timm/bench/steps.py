@@ -8,6 +8,8 @@ from typing import Callable, Optional
 import timm
 import torch
 
+from ..models._blocks import uses_windows
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -187,8 +189,8 @@ def config_columns(cfg: StepConfig) -> dict:
     if is_dinat_model(cfg.model):
         chosen = cfg.backend
         layout, op_backend = attn_layout_and_backend(cfg.backend)
-        if layout == "auto":  # the model's rule (NeighborhoodAttention2d): windows on CPU when the backend is auto
-            layout = "window" if op_backend == "auto" and torch.device(cfg.device).type == "cpu" else ""
+        if layout == "auto":  # as the model resolves it
+            layout = "window" if uses_windows(layout, op_backend, torch.device(cfg.device).type) else ""
         layout = "" if layout == "neighborhood" else layout
         if op_backend == "auto":
             from ..ops import choose_backend

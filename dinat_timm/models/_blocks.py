@@ -33,6 +33,14 @@ def channels_last_contiguous(x: torch.Tensor) -> torch.Tensor:
 ATTN_LAYOUTS = ("auto", "neighborhood", "window")
 
 
+def uses_windows(layout: str, backend: str, device_type: str) -> bool:
+    """Whether window-shaped layers run as window attention: ``layout="window"``, or ``"auto"`` where that was
+    measured faster, on CPU with the backend left to the chooser (``NeighborhoodAttention2d``)."""
+    if layout == "auto":
+        return backend == "auto" and device_type == "cpu"
+    return layout == "window"
+
+
 def check_attn_layout(layout: str) -> None:
     if layout not in ATTN_LAYOUTS:
         raise ValueError(f"attn_layout must be one of {list(ATTN_LAYOUTS)}, got {layout!r}")
@@ -118,10 +126,7 @@ class NeighborhoodAttention2d(nn.Module):
         return self.proj_drop(x)
 
     def _windows(self, x: torch.Tensor) -> bool:
-        """Whether window-shaped layers run as window attention here (``layout``: see the class)."""
-        if self.layout == "auto":
-            return self.backend == "auto" and x.device.type == "cpu"
-        return self.layout == "window"
+        return uses_windows(self.layout, self.backend, x.device.type)
 
     def _attend_neighborhoods(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, channels = x.shape
