@@ -310,19 +310,13 @@ def collect(matrix: Matrix) -> Dict[str, int]:
 
 
 def _timm_results(results_dir: Path) -> None:
-    from ..results.boards import read_raw
-    from ..results.timm_format import timm_tables
-    from ..results.writer import replace_together
-
-    import pandas as pd
+    from ..results.boards import accuracy_rows, read_raw
+    from ..results.timm_format import timm_tables, write_timm_files
 
     tables, problems = read_raw(results_dir)
-    rows = pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
-    texts = timm_tables(rows) if not problems else {}
+    texts = timm_tables(accuracy_rows(tables)) if not problems else {}
     if texts:
-        out = results_dir / "timm-results"
-        out.mkdir(exist_ok=True)
-        replace_together({out / n: (lambda t: lambda tmp: Path(tmp).write_text(t))(t) for n, t in texts.items()})
+        write_timm_files(results_dir / "timm-results", texts)
 
 
 def describe(matrix: Matrix) -> List[str]:

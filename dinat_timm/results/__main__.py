@@ -121,19 +121,15 @@ def _run(args) -> int:
         for name, path in build_boards(args.results_dir, args.include_flagged).items():
             print(f"{name}: {path}")
     elif args.command == "timm-results":
-        from .boards import read_raw
-        from .timm_format import check_targets, timm_tables
-        from .writer import replace_together
+        from .boards import accuracy_rows, read_raw
+        from .timm_format import check_targets, timm_tables, write_timm_files
 
         if not Path(args.results_dir).is_dir():
             raise UsageError(f"no such directory: {args.results_dir}")
         tables, problems = read_raw(args.results_dir)
         if problems:
             raise UsageError(*problems)
-        import pandas as pd
-
-        rows = pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
-        texts = timm_tables(rows)
+        texts = timm_tables(accuracy_rows(tables))
         if not texts:
             raise UsageError(f"{args.results_dir} has no accuracy row timm's files may hold: of one of timm's evaluation "
                              "sets (the eval_set column: run the accuracy tool with --dataset), of the published weights "
@@ -141,9 +137,7 @@ def _run(args) -> int:
         problem = check_targets(args.out, list(texts), args.overwrite)
         if problem:
             raise UsageError(problem)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        replace_together({Path(args.out) / name: (lambda text: lambda tmp: Path(tmp).write_text(text))(text)
-                          for name, text in texts.items()})
+        write_timm_files(args.out, texts)
         for name, text in texts.items():
             print(f"{Path(args.out) / name}: {text.count(chr(10)) - 1} row(s)")
     elif args.command == "write":

@@ -237,6 +237,11 @@ def read_raw(results_dir) -> Tuple[Dict[str, pd.DataFrame], List[str]]:
     return tables, problems
 
 
+def accuracy_rows(tables: Dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The accuracy rows of ``read_raw``'s tables, real data sets' and generated ones' together."""
+    return pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
+
+
 def build_boards(results_dir, include_flagged: bool = False) -> dict:
     """Rebuild the leaderboards, ``LEADERBOARD.md`` and the plot under ``results_dir`` from its raw CSVs
     and those of the run directories under it, all together or not at all: every raw CSV is checked
@@ -252,7 +257,7 @@ def build_boards(results_dir, include_flagged: bool = False) -> dict:
         raise BoardsRefused(problems)
     keep = (lambda df: df) if include_flagged else unflagged
     tables = {name: keep(df) for name, df in tables.items()}
-    accuracy = pd.concat([tables["accuracy_imagenet.csv"], tables["accuracy_generated.csv"]], ignore_index=True)
+    accuracy = accuracy_rows(tables)
     outputs = {results_dir / "paper.csv": paper_table()}
     acc_board = accuracy_board(accuracy)
     if not acc_board.empty:

@@ -150,6 +150,14 @@ def _with_row(path: Path, record: Mapping, fmt: str) -> str:
     return old + ("" if old.endswith("\n") else "\n") + new.split("\n", 1)[1]
 
 
+def write_timm_files(out_dir, texts: Mapping[str, str]) -> None:
+    """``timm_tables``' files written into ``out_dir`` together (``writer.replace_together``): all or none."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    replace_together({out / name: (lambda text: lambda tmp: Path(tmp).write_text(text))(text)
+                      for name, text in texts.items()})
+
+
 def check_targets(out_dir, names: List[str], overwrite: bool) -> Optional[str]:
     """Why the files cannot be written into ``out_dir`` (a file in the way, files not written by this command)."""
     out = Path(out_dir)
