@@ -27,7 +27,7 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ..models._checkpoint import CheckpointMismatchError, head_classes
-from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable, load_checkpoint
+from ..models._weights import CorruptCheckpoint, PretrainedWeightsUnavailable, file_digest, load_checkpoint
 from .environment import environment
 from ..results.timm_format import append_timm_row
 from ..results.writer import CsvWriteError, append_rows
@@ -429,13 +429,7 @@ def load_model(model_name: str, pretrained: bool = False, checkpoint=None, use_e
 
 def checkpoint_label(path) -> str:
     """How a row names the checkpoint it scored: the file's name and the start of its sha256."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{Path(path).name} (sha256 {digest.hexdigest()[:12]})"
+    return f"{Path(path).name} (sha256 {file_digest(path)[:12]})"
 
 
 @dataclass

@@ -54,9 +54,9 @@ def check_export(directory) -> str:
         raise HubError(str(e)) from None
     recorded = config.get("dinat_timm_weights_sha256")
     if recorded is not None:
-        from .export import weights_digest
+        from ..models._weights import file_digest
 
-        actual = weights_digest(weights)
+        actual = file_digest(weights)
         if actual != recorded:
             raise HubError(f"{weights} is not the file {config_path} was written with (its sha256 {actual[:12]}…, the "
                            f"config's {str(recorded)[:12]}…): a partial or interrupted overwrite? Export again")

@@ -13,7 +13,7 @@ import timm
 import torch
 
 from .. import __version__
-from ..models._weights import WeightSources
+from ..models._weights import WeightSources, file_digest
 from .card import _measured, _results_dir, model_card
 from .tags import HubError, split_tag
 
@@ -159,16 +159,6 @@ def _write_into(out: Path, files: Dict[str, Callable[[Path], None]]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def weights_digest(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_id: Optional[str] = None,
            results_dir=None, overwrite: bool = False, label_names=None) -> Export:
     """Write ``tag`` in timm's Hub layout to ``out_dir``: the published weights (from ``checkpoint``, else the
@@ -224,7 +214,7 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
 
     def config(path: Path) -> None:  # written after the weights: it records their sha256, which `check` verifies
-        result.config["dinat_timm_weights_sha256"] = weights_digest(path.with_name("model.safetensors"))
+        result.config["dinat_timm_weights_sha256"] = file_digest(path.with_name("model.safetensors"))
         path.write_text(json.dumps(result.config, indent=2))
 
     _write_into(out, {

@@ -188,10 +188,19 @@ def _blob_checksum(path: Path):
     if blob.parent.name != "blobs" or not set(name) <= _HEX or len(name) not in (40, 64):
         return None
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1(b"blob %d\0" % blob.stat().st_size)
-    with open(blob, "rb") as f:
+    return ("sha256" if len(name) == 64 else "git sha1"), name, file_digest(blob, digest)
+
+
+def file_digest(path, digest=None) -> str:
+    """The hex digest of a file's bytes, read a chunk at a time: sha256, or ``digest`` (a hashlib object, perhaps
+    already fed a prefix). ``hashlib.file_digest`` does this from Python 3.11 on."""
+    import hashlib
+
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return ("sha256" if len(name) == 64 else "git sha1"), name, digest.hexdigest()
+    return digest.hexdigest()
 
 
 def check_checkpoint_file(path) -> None:
