@@ -171,7 +171,6 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
     from timm.models._hub import generate_readme
 
     from ..bench.steps import count_gmacs
-    from ..models._checkpoint import head_classes
     from ..models._weights import check_checkpoint_file, load_checkpoint
 
     split_tag(tag)
@@ -191,10 +190,9 @@ def export(tag: str, out_dir=None, checkpoint=None, dry_run: bool = False, repo_
             overlay = dict(file=str(checkpoint), state_dict=loaded.state_dict)
             source = f"{checkpoint}" + (f" ({loaded.key})" if loaded.key else "")
         model = timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=overlay)
-    classes = head_classes(loaded.state_dict) if loaded is not None else None
-    if label_names is not None and len(label_names) != (classes or model.num_classes):
+    if label_names is not None and len(label_names) != model.num_classes:  # the model took the weights' classes
         raise HubError(f"the label names list {len(label_names)} classes and the weights have "
-                       f"{classes or model.num_classes}: one name a class, in the classifier's order")
+                       f"{model.num_classes}: one name a class, in the classifier's order")
     result = Export(tag, Path(out_dir) if out_dir else None, source)
     with tempfile.TemporaryDirectory() as tmp:
         result.config = _config(model, Path(tmp), label_names)
