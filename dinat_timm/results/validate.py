@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
+import sys
 from pathlib import Path
 from typing import List, Tuple
 
@@ -34,14 +36,14 @@ def _first(items, describe) -> str:
 
 def _parse(text: str, label: str) -> Tuple[List[str], List[Tuple[int, List[str]]], List[str]]:
     """(header, [(line number, fields)], problems) of CSV text."""
-    import sys
-
-    csv.field_size_limit(sys.maxsize)  # a row with many rounds has a long samples_ms cell: it is still a row
     problems = []
+    limit = csv.field_size_limit(sys.maxsize)  # a row with many rounds has a long samples_ms cell: it is still a row
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as e:
         return [], [], [f"{label} is not a readable CSV: {e}"]
+    finally:
+        csv.field_size_limit(limit)  # the process's own setting, as it was
     if not rows or not any(cell.strip() for cell in rows[0]):
         return [], [], [f"{label} has no header line"]
     header, body = rows[0], []
@@ -131,8 +133,6 @@ _AGREE = 0.01  # the figure is the rounds' median, rounded: they agree within 1%
 def _samples_against_figures(header, body, label: str) -> List[str]:
     """Rows whose rounds contradict their own figures (another count than ``rounds``, a median that is not the
     row's step time): a verdict drawn from the rounds would not be about the row."""
-    import statistics
-
     column = {name: i for i, name in enumerate(header)}
     timed = [c for c in schema.ROUND_FIGURES if c in column]  # the figure the rounds are the times of
     wrong_count, wrong_median = [], []
